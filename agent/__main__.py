@@ -1,0 +1,5 @@
+"""`python -m agent` is `dodo-outbox`."""
+
+from agent.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""What every command shares: the --config/--outbox options, opening the outbox, printing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from agent import config as config_module
+from agent.config import Settings
+from agent.errors import ConfigError
+from agent.outbox import Outbox
+from agent.store import Store, StoreOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""Some of the work was refused (invalid events, a failed check, a paused delivery)."""
+EXIT_USAGE = 2
+"""Bad arguments or configuration."""
+EXIT_TEMPFAIL = 75
+"""The outbox is full or locked: try again later (EX_TEMPFAIL)."""
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def config_option(func: F) -> F:
+    """`--config PATH` (else $DODO_OUTBOX_CONFIG, else defaults)."""
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Config file (TOML). Default: $DODO_OUTBOX_CONFIG, else built-in defaults.",
+    )(func)
+
+
+def outbox_option(func: F) -> F:
+    """`--outbox PATH`, overriding [outbox] path."""
+    return click.option(
+        "--outbox",
+        "outbox_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Outbox file. Default: [outbox] path of the config.",
+    )(config_option(func))
+
+
+def load_settings(config_path: Path | None) -> Settings:
+    return config_module.load(config_path)
+
+
+def resolve_outbox_path(settings: Settings, outbox_path: Path | None) -> Path:
+    return outbox_path or settings.outbox_path
+
+
+def open_store(config_path: Path | None, outbox_path: Path | None, *, must_exist: bool = True) -> Store:
+    """Open the outbox for a read or maintenance command."""
+    settings = load_settings(config_path)
+    path = resolve_outbox_path(settings, outbox_path)
+    if must_exist and not path.exists():
+        raise ConfigError(
+            f"no outbox at {path}; enqueue an event first, or point --outbox / [outbox] path at it"
+        )
+    return Store(path, StoreOptions(synchronous=settings.outbox.synchronous))
+
+
+def open_outbox(config_path: Path | None, outbox_path: Path | None, source: str) -> Outbox:
+    settings = load_settings(config_path)
+    path = resolve_outbox_path(settings, outbox_path)
+    return Outbox(
+        path, synchronous=settings.outbox.synchronous, max_events=settings.outbox.max_events, source=source
+    )
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+
+
+def human_age(seconds: float | None) -> str:
+    """`3h 12m`, `42s`, or `-`."""
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+
+
+def show_progress() -> bool:
+    """Progress bars only on a terminal: logs and pipes stay clean."""
+    return sys.stderr.isatty()

@@ -1,0 +1,251 @@
+"""Core commands: enqueue, status, events show, config check."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
+
+from agent import config as config_module
+from agent import status as status_module
+from agent.cli import common
+from agent.errors import EventConflictError, Problem
+from agent.events import Event, check_event
+from agent.intake.files import ParseProblem, read_records
+from agent.outbox import Outbox
+
+CHUNK_EVENTS = 1000
+
+
+@click.command()
+@click.argument("source", default="-", type=click.Path(allow_dash=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@common.outbox_option
+def enqueue(source: Path, as_json: bool, config_path: Path | None, outbox_path: Path | None) -> None:
+    """Validate events from FILE (or stdin) and store them in the outbox.
+
+    FILE holds a JSON object, a JSON array, a Dodo body {"events": [...]} or NDJSON (one event per
+    line). Valid events are stored in chunks of 1000, each chunk all or nothing; every invalid event
+    is listed with its line. Exit 0 when all were stored, 1 when some were refused.
+
+    \b
+    Example:
+      dodo-outbox enqueue usage.ndjson
+      echo '{"event_id":"r1","customer_id":"cus_1","event_name":"api.call"}' | dodo-outbox enqueue
+    """
+    stream: IO[bytes]
+    if str(source) == "-":
+        stream, total = sys.stdin.buffer, None
+    else:
+        try:
+            stream, total = source.open("rb"), source.stat().st_size
+        except OSError as exc:
+            raise click.UsageError(f"cannot read {source}: {exc.strerror}") from None
+    outbox = common.open_outbox(config_path, outbox_path, source="cli")
+    summary: dict[str, Any] = {"stored": 0, "duplicates": 0, "refused": 0, "warnings": 0, "late": 0}
+    problems: list[Problem] = []
+    with outbox, stream:
+        progress = Progress(
+            TextColumn("enqueue"),
+            BarColumn(),
+            TransferSpeedColumn(),
+            TextColumn("{task.fields[stored]} stored"),
+            console=common.err,
+            disable=not common.show_progress() or (total or 0) < 1 << 20,
+        )
+        with progress:
+            task = progress.add_task("enqueue", total=total, stored=0)
+            for chunk, found in _chunks(stream, time.time()):
+                problems.extend(found)
+                summary["refused"] += len({p.path.split(".")[0] for p in found})
+                _store(outbox, chunk, summary, problems)
+                position = stream.tell() if stream.seekable() else None
+                progress.update(task, completed=position, stored=summary["stored"])
+    summary["problems"] = [{"where": p.path, "problem": p.message} for p in problems]
+    if as_json:
+        common.print_json(summary)
+    else:
+        for problem in problems:
+            common.err.print(f"{source}: {problem}", markup=False)
+        line = (
+            f"stored {summary['stored']} new, {summary['duplicates']} duplicates already stored, "
+            f"{summary['refused']} refused"
+        )
+        if summary["late"]:
+            line += f", {summary['late']} older than Dodo's 1-hour window (the late-event policy applies)"
+        common.err.print(line, markup=False)
+    if summary["refused"]:
+        sys.exit(common.EXIT_FAILED)
+
+
+def _chunks(stream: IO[bytes], now: float) -> Iterator[tuple[list[Event], list[Problem]]]:
+    """Validated events in chunks of CHUNK_EVENTS, with the problems found on the way."""
+    events: list[Event] = []
+    problems: list[Problem] = []
+    count = 0
+    for record in read_records(stream):
+        if isinstance(record, ParseProblem):
+            problems.append(Problem(f"line {record.line}", record.message))
+            continue
+        count += 1
+        event, found = check_event(record.value, now, f"line {record.line}")
+        if event is None:
+            problems.extend(found)
+        else:
+            events.append(event)
+        if len(events) >= CHUNK_EVENTS:
+            yield events, problems
+            events, problems = [], []
+    yield events, problems
+
+
+def _store(outbox: Outbox, chunk: list[Event], summary: dict[str, Any], problems: list[Problem]) -> None:
+    try:
+        result = outbox.enqueue_validated(chunk)
+    except EventConflictError as exc:
+        # One conflicting event must not block the rest of the chunk: store the others.
+        conflicting = set(exc.event_ids)
+        for event_id in exc.event_ids:
+            problems.append(
+                Problem(f"event_id {event_id}", str(exc).split(":", 1)[0] + "; give it a new event_id")
+            )
+        summary["refused"] += len(conflicting)
+        rest = [e for e in chunk if e.event_id not in conflicting]
+        if rest:
+            _store(outbox, rest, summary, problems)
+        return
+    summary["stored"] += len(result.new)
+    summary["duplicates"] += len(result.duplicates)
+    summary["warnings"] += len(result.warnings)
+    summary["late"] += len(result.late)
+    for warning in result.warnings:
+        common.err.print(f"warning: {warning}", markup=False)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
+@common.outbox_option
+def status(as_json: bool, config_path: Path | None, outbox_path: Path | None) -> None:
+    """Show the outbox: events by state, the oldest undelivered event, whether delivery is paused.
+
+    Reads the outbox file, so it works whether or not the agent is running.
+
+    \b
+    Example:
+      dodo-outbox status
+      dodo-outbox status --json | jq .pending
+    """
+    with common.open_store(config_path, outbox_path) as store:
+        document = status_module.build(store)
+    if as_json:
+        common.print_json(document)
+        return
+    out = common.out
+    out.print(f"outbox      {document['outbox']}")
+    out.print(
+        f"pending     {document['pending']}   inflight {document['inflight']}   "
+        f"delivered {document['delivered']}   dead {document['dead']}"
+    )
+    out.print(f"oldest undelivered event  {common.human_age(document['oldest_pending_age_seconds'])} old")
+    if document["paused"]:
+        out.print(f"[red]delivery paused[/red]: {document['paused_reason']}")
+
+
+@click.group()
+def events() -> None:
+    """Look up events in the outbox."""
+
+
+@events.command("show")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@common.outbox_option
+def events_show(event_id: str, as_json: bool, config_path: Path | None, outbox_path: Path | None) -> None:
+    """Show one event: its state, attempts, timestamps and last error.
+
+    \b
+    Example:
+      dodo-outbox events show req_8c1f
+    """
+    with common.open_store(config_path, outbox_path) as store:
+        record = store.get(event_id)
+    if record is None:
+        common.err.print(f"no event with event_id {event_id!r} in the outbox", markup=False)
+        sys.exit(common.EXIT_FAILED)
+    document = event_document(record)
+    if as_json:
+        common.print_json(document)
+        return
+    for key, value in document.items():
+        if value is not None and key != "event":
+            common.out.print(f"{key:<18} {value}", markup=False, highlight=False)
+    common.out.print(f"{'event':<18} {record.payload}", markup=False, highlight=False)
+
+
+def _iso(us: int | None) -> str | None:
+    if us is None or us <= 0:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(us / 1e6)) + f".{us % 1_000_000 // 1000:03d}Z"
+
+
+def event_document(record: Any) -> dict[str, Any]:
+    """One event's record as JSON-ready data (shared by `events show` and `dlq show`)."""
+    return {
+        "event_id": record.event_id,
+        "state": record.state,
+        "attempts": record.attempts,
+        "event_name": record.event_name,
+        "timestamp": _iso(record.ts_us),
+        "timestamp_stamped_at_enqueue": record.stamped,
+        "source": record.source,
+        "enqueued_at": _iso(record.enqueued_at_us),
+        "next_attempt_at": _iso(record.next_attempt_at_us) if record.state == "pending" else None,
+        "lease_until": _iso(record.lease_until_us),
+        "settled_at": _iso(record.settled_at_us),
+        "restamped": record.restamped,
+        "reason": record.reason,
+        "http_status": record.http_status,
+        "response": record.response,
+        "last_error": record.last_error,
+        "event": record.event,
+    }
+
+
+@click.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the effective settings as JSON.")
+@common.config_option
+def config_check(as_json: bool, config_path: Path | None) -> None:
+    """Validate the configuration and print the effective settings (secrets redacted).
+
+    Exits 2 with the key and value at fault when the configuration is wrong.
+
+    \b
+    Example:
+      dodo-outbox config check --config /etc/dodo-outbox/agent.toml
+    """
+    settings = common.load_settings(config_path)
+    document: dict[str, Any] = {"source": settings.source, **config_module.describe(settings)}
+    _key, where = config_module.read_api_key(settings)
+    document["dodo"]["api_key"] = f"found ({where})" if _key else f"missing: {where}"
+    if as_json:
+        common.print_json(document)
+        return
+    common.out.print(f"# configuration from {settings.source}: OK", markup=False)
+    for section, values in document.items():
+        if isinstance(values, dict):
+            common.out.print(f"[{section}]", markup=False)
+            for key, value in values.items():
+                common.out.print(f"  {key} = {value!r}", markup=False, highlight=False)
+
+
+COMMANDS: list[click.Command] = [enqueue, status, events, config_group]

@@ -1,0 +1,290 @@
+"""Typed settings from a TOML file plus environment overrides, validated once at start.
+
+Every error names the key, the bad value and what is allowed. Section and key names are a public
+contract (users' units and scripts depend on them): add keys, never rename them.
+
+Environment overrides: `DODO_OUTBOX_<SECTION>_<KEY>`, with dots in the section written as `_`, e.g.
+`DODO_OUTBOX_DELIVERY_BATCH_MAX_EVENTS=500` or `DODO_OUTBOX_INTAKE_HTTP_LISTEN=0.0.0.0:8790`.
+The config file path comes from `--config` or `DODO_OUTBOX_CONFIG`.
+
+`DODO_PAYMENTS_BASE_URL` is deliberately NOT read: apps use it to point the official SDK at this
+agent, and an agent that shares their environment must not deliver to itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError
+
+ENVIRONMENTS = {"test_mode": "https://test.dodopayments.com", "live_mode": "https://live.dodopayments.com"}
+CREDENTIAL_NAME = "dodo_api_key"
+ENV_PREFIX = "DODO_OUTBOX_"
+
+
+def _opt(
+    default: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    secret: bool = False,
+) -> Any:
+    return field(default=default, metadata={"low": low, "high": high, "choices": choices, "secret": secret})
+
+
+@dataclass(frozen=True)
+class DodoSettings:
+    environment: str = _opt("test_mode", choices=tuple(ENVIRONMENTS))
+    base_url: str = _opt("")
+    api_key_file: str = _opt("")
+
+    @property
+    def url(self) -> str:
+        """Where events go: base_url when set, otherwise the environment's URL."""
+        return (self.base_url or ENVIRONMENTS[self.environment]).rstrip("/")
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    path: str = _opt("")
+    synchronous: str = _opt("full", choices=("full", "normal"))
+    max_events: int = _opt(1_000_000, low=1)
+    max_bytes: int = _opt(0, low=0)
+    delivered_retention_hours: float = _opt(168.0, low=0)
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    batch_max_events: int = _opt(1000, low=1, high=1000)
+    batch_max_bytes: int = _opt(1_000_000, low=1024)
+    interval_seconds: float = _opt(1.0, low=0.01)
+    max_in_flight: int = _opt(2, low=1, high=64)
+    requests_per_minute: float = _opt(240.0, low=0)
+    burst: int = _opt(40, low=1)
+    backoff_initial_seconds: float = _opt(1.0, low=0.001)
+    backoff_max_seconds: float = _opt(300.0, low=0.001)
+    timeout_seconds: float = _opt(30.0, low=0.1)
+    late_events: str = _opt("restamp", choices=("restamp", "dead_letter"))
+    late_margin_seconds: float = _opt(300.0, low=0)
+    lease_seconds: float = _opt(120.0, low=1)
+    auth_retry_seconds: float = _opt(60.0, low=0.01)
+    window_seconds: float = _opt(3600.0, low=1)
+
+
+@dataclass(frozen=True)
+class HttpIntakeSettings:
+    enabled: bool = _opt(True)
+    listen: str = _opt("127.0.0.1:8790")
+    token: str = _opt("", secret=True)
+    max_body_bytes: int = _opt(5_000_000, low=1024)
+    read_timeout_seconds: float = _opt(30.0, low=0.1)
+
+
+@dataclass(frozen=True)
+class DropdirSettings:
+    enabled: bool = _opt(False)
+    path: str = _opt("spool")
+    scan_interval_seconds: float = _opt(5.0, low=0.05)
+    done_retention_hours: float = _opt(24.0, low=0)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: str = _opt("auto", choices=("auto", "json", "console"))
+    level: str = _opt("info", choices=("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    dodo: DodoSettings = field(default_factory=DodoSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    intake_http: HttpIntakeSettings = field(default_factory=HttpIntakeSettings)
+    intake_dropdir: DropdirSettings = field(default_factory=DropdirSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    source: str = "defaults"
+
+    @property
+    def outbox_path(self) -> Path:
+        """The outbox file; under systemd's $STATE_DIRECTORY when no path is set."""
+        return Path(self.outbox.path) if self.outbox.path else default_outbox_path(os.environ)
+
+
+SECTIONS: dict[str, str] = {
+    "dodo": "dodo",
+    "outbox": "outbox",
+    "delivery": "delivery",
+    "intake.http": "intake_http",
+    "intake.dropdir": "intake_dropdir",
+    "log": "log",
+}
+
+
+def default_outbox_path(environ: Mapping[str, str]) -> Path:
+    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state) / "outbox.db" if state else Path("dodo-outbox.db")
+
+
+def _coerce(where: str, value: Any, f: dataclasses.Field[Any], from_env: bool) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    meta = f.metadata
+    shown = "***" if meta.get("secret") else repr(value)
+    if from_env:
+        text = str(value).strip()
+        try:
+            if kind == "bool":
+                if text.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError
+                value = text.lower() in ("1", "true", "yes", "on")
+            elif kind == "int":
+                value = int(text)
+            elif kind == "float":
+                value = float(text)
+        except ValueError:
+            raise ConfigError(f"{where} = {shown} is not a valid {kind}") from None
+    if kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{where} = {shown} must be true or false")
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where} = {shown} must be a whole number")
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} = {shown} must be a number")
+        value = float(value)
+    if kind == "str" and not isinstance(value, str):
+        raise ConfigError(f"{where} = {shown} must be a string (in quotes)")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{where} = {shown} is not one of: {', '.join(meta['choices'])}")
+    if meta.get("low") is not None and value < meta["low"]:
+        raise ConfigError(f"{where} = {shown} is below the minimum {meta['low']}")
+    if meta.get("high") is not None and value > meta["high"]:
+        raise ConfigError(f"{where} = {shown} is above the maximum {meta['high']}")
+    return value
+
+
+def _section(name: str, cls: type[Any], table: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            hint = difflib.get_close_matches(key, fields, n=1)
+            also = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(fields)}"
+            raise ConfigError(f"[{name}] {key}: unknown key{also}")
+    values: dict[str, Any] = {}
+    for key, f in fields.items():
+        env_name = ENV_PREFIX + f"{name}_{key}".replace(".", "_").upper()
+        if env_name in environ:
+            values[key] = _coerce(env_name, environ[env_name], f, True)
+        elif key in table:
+            values[key] = _coerce(f"[{name}] {key}", table[key], f, False)
+    return cls(**values)
+
+
+def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from `path` (or $DODO_OUTBOX_CONFIG, or defaults) and the environment.
+
+    Raises ConfigError naming the key and value at the first problem found.
+    """
+    environ = os.environ if environ is None else environ
+    chosen = path or environ.get("DODO_OUTBOX_CONFIG") or None
+    document: dict[str, Any] = {}
+    if chosen:
+        try:
+            document = tomllib.loads(Path(chosen).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(
+                f"config file {chosen} does not exist; pass --config PATH or unset DODO_OUTBOX_CONFIG"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {chosen}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {chosen} is not valid TOML: {exc}") from None
+    tables = _flatten(document)
+    for name in tables:
+        if name not in SECTIONS:
+            hint = difflib.get_close_matches(name, SECTIONS, n=1)
+            also = f"; did you mean [{hint[0]}]?" if hint else f"; sections: {', '.join(SECTIONS)}"
+            raise ConfigError(f"[{name}]: unknown section{also}")
+    parts = {
+        attr: _section(name, type(getattr(Settings(), attr)), tables.get(name, {}), environ)
+        for name, attr in SECTIONS.items()
+    }
+    settings = Settings(**parts, source=str(chosen) if chosen else "defaults")
+    if settings.delivery.backoff_initial_seconds > settings.delivery.backoff_max_seconds:
+        raise ConfigError(
+            "[delivery] backoff_initial_seconds is larger than backoff_max_seconds; make it smaller"
+        )
+    return settings
+
+
+def _flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
+    """`{"intake": {"http": {...}}}` → `{"intake.http": {...}}`; plain values stay in their table."""
+    tables: dict[str, dict[str, Any]] = {}
+    for key, value in document.items():
+        name = f"{prefix}{key}"
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} = {value!r}: keys belong inside a [section]")
+        nested = {k: v for k, v in value.items() if isinstance(v, dict) and f"{name}.{k}" in SECTIONS}
+        plain = {k: v for k, v in value.items() if k not in nested}
+        if plain or name in SECTIONS or not nested:
+            tables[name] = plain
+        tables.update(_flatten(nested, f"{name}."))
+    return tables
+
+
+class ApiKey(str):
+    """The Dodo API key. Its repr never shows it."""
+
+    def __repr__(self) -> str:
+        return "ApiKey('***')"
+
+
+def read_api_key(settings: Settings, environ: Mapping[str, str] | None = None) -> tuple[ApiKey | None, str]:
+    """The API key and where it came from, read fresh each call (so a fixed key applies at once).
+
+    Order: `[dodo] api_key_file`, `$CREDENTIALS_DIRECTORY/dodo_api_key` (systemd LoadCredential),
+    `DODO_PAYMENTS_API_KEY`. Returns (None, explanation) when none is usable. Never logs the key.
+    """
+    environ = os.environ if environ is None else environ
+    candidates: list[Path] = []
+    if settings.dodo.api_key_file:
+        candidates.append(Path(settings.dodo.api_key_file))
+    if environ.get("CREDENTIALS_DIRECTORY"):
+        candidates.append(Path(environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME)
+    for candidate in candidates:
+        try:
+            text = candidate.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            if candidate == Path(settings.dodo.api_key_file or "\0"):
+                return None, f"[dodo] api_key_file {candidate} cannot be read ({exc.strerror})"
+            continue
+        if text:
+            return ApiKey(text), str(candidate)
+        return None, f"the key file {candidate} is empty"
+    value = environ.get("DODO_PAYMENTS_API_KEY", "").strip()
+    if value:
+        return ApiKey(value), "DODO_PAYMENTS_API_KEY"
+    return None, (
+        "no API key: set [dodo] api_key_file, the systemd credential dodo_api_key, or DODO_PAYMENTS_API_KEY"
+    )
+
+
+def describe(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The effective settings as plain data, secrets redacted (for `config check`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, attr in SECTIONS.items():
+        section = getattr(settings, attr)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            values[f.name] = "***" if f.metadata.get("secret") and value else value
+        out[name] = values
+    out["outbox"]["path"] = str(settings.outbox_path)
+    out["dodo"]["url"] = settings.dodo.url
+    return out

@@ -1,0 +1,307 @@
+"""The usage event: validation against Dodo's contract and its canonical JSON. No I/O.
+
+Validation mirrors what Dodo checks (`shared/dodo-ingest-contract.md`), so a producer hears about a bad
+event when it enqueues it, not an hour later from the dead-letter queue. One call reports every problem
+of every event, each with its path (`events[3].metadata.tokens`) and what to do about it.
+
+The canonical JSON of an event is compact with sorted keys, so `timestamp` is always the last key. The
+delivery engine builds request bodies by splicing these stored strings, and can drop the timestamp of a
+late event by cutting a known suffix instead of decoding and re-encoding it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from agent.errors import InvalidEventError, Problem
+
+MAX_ID_LENGTH = 255
+"""Longest `event_id`, `customer_id` and `event_name` accepted (Dodo documents no limit; this is ours)."""
+MAX_METADATA_KEYS = 50
+MAX_METADATA_KEY_LENGTH = 100
+MAX_METADATA_VALUE_LENGTH = 500
+FUTURE_TOLERANCE_SECONDS = 300.0
+"""Dodo rejects timestamps more than 5 minutes in the future."""
+DODO_WINDOW_SECONDS = 3600.0
+"""Dodo rejects timestamps more than 1 hour in the past."""
+
+FIELDS = ("event_id", "customer_id", "event_name", "timestamp", "metadata")
+_REQUIRED = ("event_id", "customer_id", "event_name")
+_NUMERIC_STRING = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated event, ready to store.
+
+    `payload` is the canonical JSON sent to Dodo; `ts_us` the event time in microseconds since the epoch
+    (UTC); `stamped` is true when the producer gave no timestamp and the enqueue time was used; `late` is
+    true when the timestamp is already outside Dodo's 1-hour window; `warnings` are accepted oddities.
+    """
+
+    event_id: str
+    customer_id: str
+    event_name: str
+    timestamp: str
+    ts_us: int
+    metadata: Mapping[str, str | int | float | bool]
+    payload: str
+    stamped: bool
+    late: bool
+    warnings: tuple[Problem, ...] = ()
+
+    def payload_without_timestamp(self) -> str:
+        """The payload with its timestamp cut off (what a restamped event sends)."""
+        return strip_timestamp(self.payload)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """ISO 8601 in UTC with a `Z`, microseconds only when non-zero: one spelling per instant."""
+    text = moment.astimezone(UTC).replace(tzinfo=None).isoformat()
+    return text + "Z"
+
+
+def strip_timestamp(payload: str) -> str:
+    """Cut the trailing `"timestamp"` member off a canonical payload (it is always the last key).
+
+    The last occurrence is the real one: sorted keys put `timestamp` after `metadata`, and a timestamp
+    contains no quote, so nothing can follow it but the closing brace.
+    """
+    cut = payload.rfind(',"timestamp":"')
+    if cut < 0 or not payload.endswith('"}'):
+        raise ValueError("payload is not canonical: timestamp is not its last member")
+    return payload[:cut] + "}"
+
+
+def parse_timestamp(value: object) -> datetime:
+    """Read an ISO 8601 / RFC 3339 string (or a datetime) as an aware UTC datetime.
+
+    Naive values are read as UTC, as the official SDK sends them. Raises ValueError with a reason.
+    """
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text != value or not text:
+            raise ValueError("must be an ISO 8601 date-time without surrounding spaces")
+        if text[-1] in "zZ":
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an ISO 8601 date-time; use e.g. 2026-01-31T12:00:00Z"
+            ) from None
+        if "T" not in text and " " not in text:
+            raise ValueError(f"{value!r} is a date without a time; use e.g. {text}T00:00:00Z")
+    else:
+        raise ValueError(
+            f"must be an ISO 8601 string such as 2026-01-31T12:00:00Z, not {type(value).__name__}"
+        )
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _check_id(raw: Mapping[str, Any], key: str, path: str, problems: list[Problem]) -> str:
+    value = raw.get(key)
+    where = f"{path}.{key}"
+    if value is None:
+        problems.append(Problem(where, f"is required; give every event a non-empty string {key}"))
+    elif not isinstance(value, str):
+        problems.append(Problem(where, f"must be a string, not {type(value).__name__}"))
+    elif not value or not value.strip():
+        problems.append(Problem(where, "must not be empty"))
+    elif value != value.strip():
+        problems.append(Problem(where, f"has spaces around it ({value!r}); remove them"))
+    elif len(value) > MAX_ID_LENGTH:
+        problems.append(Problem(where, f"is {len(value)} characters; the limit is {MAX_ID_LENGTH}"))
+    else:
+        return value
+    return ""
+
+
+def _check_metadata(
+    value: object, path: str, problems: list[Problem], warnings: list[Problem]
+) -> dict[str, str | int | float | bool]:
+    where = f"{path}.metadata"
+    if not isinstance(value, Mapping):
+        problems.append(
+            Problem(where, f"must be a flat JSON object of key/value pairs, not {type(value).__name__}")
+        )
+        return {}
+    if len(value) > MAX_METADATA_KEYS:
+        problems.append(Problem(where, f"has {len(value)} keys; Dodo allows at most {MAX_METADATA_KEYS}"))
+    clean: dict[str, str | int | float | bool] = {}
+    for key, item in value.items():
+        at = f"{where}.{key}"
+        if not isinstance(key, str) or not key:
+            problems.append(Problem(f"{where}[{key!r}]", "keys must be non-empty strings"))
+            continue
+        if len(key) > MAX_METADATA_KEY_LENGTH:
+            problems.append(
+                Problem(at, f"key is {len(key)} characters; Dodo allows at most {MAX_METADATA_KEY_LENGTH}")
+            )
+        if isinstance(item, bool | int):
+            pass
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                problems.append(Problem(at, f"is {item}; use a finite number"))
+                continue
+        elif isinstance(item, str):
+            if len(item) > MAX_METADATA_VALUE_LENGTH:
+                problems.append(
+                    Problem(
+                        at,
+                        f"value is {len(item)} characters; Dodo allows at most {MAX_METADATA_VALUE_LENGTH}",
+                    )
+                )
+            elif _NUMERIC_STRING.match(item):
+                warnings.append(
+                    Problem(
+                        at,
+                        f"is the string {item!r}; a meter cannot sum or max a string, send the "
+                        "number itself if this value is aggregated",
+                    )
+                )
+        elif item is None:
+            problems.append(Problem(at, "is null; Dodo accepts no nulls: leave the key out instead"))
+            continue
+        else:
+            problems.append(
+                Problem(
+                    at,
+                    f"is a {type(item).__name__}; metadata is flat: values must be strings, "
+                    "numbers or booleans",
+                )
+            )
+            continue
+        if len(str(item)) > MAX_METADATA_VALUE_LENGTH and not isinstance(item, str):
+            problems.append(Problem(at, f"value is longer than {MAX_METADATA_VALUE_LENGTH} characters"))
+        clean[key] = item
+    return clean
+
+
+def check_event(raw: object, now: float, path: str = "event") -> tuple[Event | None, list[Problem]]:
+    """Validate one event; return it (or None) and its problems. `now` is epoch seconds."""
+    problems: list[Problem] = []
+    if not isinstance(raw, Mapping):
+        kind = "null" if raw is None else type(raw).__name__
+        return None, [
+            Problem(path, f"must be a JSON object with event_id, customer_id, event_name; got {kind}")
+        ]
+    for key in raw:
+        if key not in FIELDS:
+            problems.append(
+                Problem(
+                    f"{path}.{key}",
+                    "is not a field Dodo knows and would be lost; put it inside metadata, "
+                    f"or remove it (fields: {', '.join(FIELDS)})",
+                )
+            )
+    event_id = _check_id(raw, "event_id", path, problems)
+    customer_id = _check_id(raw, "customer_id", path, problems)
+    event_name = _check_id(raw, "event_name", path, problems)
+
+    warnings: list[Problem] = []
+    metadata: dict[str, str | int | float | bool] = {}
+    if raw.get("metadata") is not None:
+        metadata = _check_metadata(raw["metadata"], path, problems, warnings)
+
+    stamped = raw.get("timestamp") is None
+    moment: datetime | None = None
+    if stamped:
+        moment = datetime.fromtimestamp(now, UTC)
+    else:
+        try:
+            moment = parse_timestamp(raw["timestamp"])
+        except ValueError as exc:
+            problems.append(Problem(f"{path}.timestamp", str(exc)))
+    late = False
+    if moment is not None and not stamped:
+        age = now - moment.timestamp()
+        if age < -FUTURE_TOLERANCE_SECONDS:
+            problems.append(
+                Problem(
+                    f"{path}.timestamp",
+                    f"is {-age:.0f} s in the future; Dodo allows at most {FUTURE_TOLERANCE_SECONDS:.0f} s. "
+                    "Check this machine's clock (NTP) or the producer's",
+                )
+            )
+        late = age > DODO_WINDOW_SECONDS
+
+    if problems or moment is None:
+        return None, problems
+    timestamp = format_timestamp(moment)
+    document: dict[str, object] = {
+        "customer_id": customer_id,
+        "event_id": event_id,
+        "event_name": event_name,
+        "timestamp": timestamp,
+    }
+    if metadata:
+        document["metadata"] = metadata
+    payload = orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
+    ts_us = round(moment.timestamp() * 1_000_000)
+    event = Event(
+        event_id, customer_id, event_name, timestamp, ts_us, metadata, payload, stamped, late, tuple(warnings)
+    )
+    return event, []
+
+
+def validate(raw: object, now: float, path: str = "event") -> Event:
+    """Validate one event. Raises InvalidEventError listing every problem."""
+    event, problems = check_event(raw, now, path)
+    if event is None:
+        raise InvalidEventError(problems)
+    return event
+
+
+def validate_many(raws: Iterable[object], now: float, path: str = "events") -> list[Event]:
+    """Validate events; all or nothing. Raises InvalidEventError listing every problem of every event."""
+    events: list[Event] = []
+    problems: list[Problem] = []
+    for index, raw in enumerate(raws):
+        event, found = check_event(raw, now, f"{path}[{index}]")
+        if event is None:
+            problems.extend(found)
+        else:
+            events.append(event)
+    if problems:
+        raise InvalidEventError(problems)
+    return events
+
+
+def duplicate_ids(events: Sequence[Event], path: str = "events") -> list[Problem]:
+    """Problems for event_ids repeated inside one request (Dodo fails the whole request for them)."""
+    first: dict[str, int] = {}
+    problems: list[Problem] = []
+    for index, event in enumerate(events):
+        seen = first.setdefault(event.event_id, index)
+        if seen != index:
+            problems.append(
+                Problem(
+                    f"{path}[{index}].event_id",
+                    f"{event.event_id!r} repeats {path}[{seen}].event_id; Dodo refuses a request "
+                    "with the same event_id twice: give each event its own id",
+                )
+            )
+    return problems
+
+
+def same_content(a_payload: str, a_stamped: bool, b_payload: str, b_stamped: bool) -> bool:
+    """Whether two payloads are the same event (idempotent retry) rather than a conflict.
+
+    A timestamp the agent stamped itself is not content: a retry of an event without a timestamp is
+    stamped again with a later time, and is still the same event.
+    """
+    if a_stamped or b_stamped:
+        return strip_timestamp(a_payload) == strip_timestamp(b_payload)
+    return a_payload == b_payload

@@ -1,0 +1,239 @@
+"""The library API: `Outbox(path).enqueue(event)`. Validates, then commits before returning.
+
+Group commit: concurrent `enqueue` calls from many threads share one transaction. The first caller to
+find no commit in progress becomes the leader and commits every call queued so far, its own included;
+the others wait on the commit lock and usually find their work already durable when they get it. One
+thread alone pays one commit per call, with no hand-off to another thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from agent.errors import EventConflictError, InvalidEventError, OutboxError, OutboxFullError, Problem
+from agent.events import Event, duplicate_ids, validate_many
+from agent.store import InsertResult, Store, StoreOptions, insert_in_transaction
+
+Listener = Callable[["EnqueueResult"], None]
+
+
+@dataclass
+class EnqueueResult:
+    """What an enqueue call stored.
+
+    `new`: event_ids stored now. `duplicates`: already in the outbox with the same content (not stored
+    twice). `warnings`: accepted oddities (e.g. a numeric string Dodo cannot aggregate). `late`: events
+    already outside Dodo's 1-hour window (the late-event policy applies at delivery).
+    """
+
+    new: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    late: list[str] = field(default_factory=list)
+    source: str = "library"
+
+    @property
+    def ingested_count(self) -> int:
+        """New events, as Dodo counts them."""
+        return len(self.new)
+
+
+class _Pending:
+    __slots__ = ("done", "error", "events", "result", "source")
+
+    def __init__(self, events: Sequence[Event], source: str) -> None:
+        self.events = events
+        self.source = source
+        self.result: InsertResult | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class Outbox:
+    """A durable outbox file. Thread-safe; use one per process (or per file) and share it.
+
+    >>> with Outbox("dodo-outbox.db") as outbox:
+    ...     outbox.enqueue({"event_id": "req_1", "customer_id": "cus_1", "event_name": "api.call"})
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "full",
+        max_events: int | None = None,
+        source: str = "library",
+        clock: Callable[[], float] = time.time,
+        store: Store | None = None,
+    ) -> None:
+        self.store = store or Store(path, StoreOptions(synchronous=synchronous))
+        self.path = self.store.path
+        self.max_events = max_events
+        self.source = source
+        self._clock = clock
+        self._queue: list[_Pending] = []
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._backlog = 0
+        self._backlog_checked = -1.0
+
+    @classmethod
+    def open(
+        cls, path: str | Path | None = None, *, config: str | Path | None = None, **kwargs: Any
+    ) -> Outbox:
+        """Open the outbox named by `path`, or by the config file (`--config` / DODO_OUTBOX_CONFIG)."""
+        from agent import config as config_module
+
+        settings = config_module.load(config)
+        kwargs.setdefault("synchronous", settings.outbox.synchronous)
+        kwargs.setdefault("max_events", settings.outbox.max_events)
+        return cls(path or settings.outbox_path, **kwargs)
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file. Calls in progress finish first."""
+        with self._commit_lock:
+            self.store.close()
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(result)` after each committed enqueue (the running agent wakes its worker)."""
+        self._listeners.append(listener)
+
+    def validate(self, events: Iterable[Mapping[str, Any] | Any], path: str = "events") -> list[Event]:
+        """Validate without storing. Raises InvalidEventError with every problem."""
+        return validate_many(list(events), self._clock(), path)
+
+    def enqueue(
+        self, event: Mapping[str, Any], *, conn: sqlite3.Connection | None = None, source: str | None = None
+    ) -> EnqueueResult:
+        """Validate and durably store one event; return once it is on disk.
+
+        With `conn`, the event is written on that connection inside its open transaction instead (the
+        transactional outbox: it commits or rolls back with the caller's own change).
+        Raises InvalidEventError, EventConflictError, OutboxFullError.
+        """
+        return self.enqueue_many([event], conn=conn, source=source, path="event")
+
+    def enqueue_many(
+        self,
+        events: Iterable[Mapping[str, Any]],
+        *,
+        conn: sqlite3.Connection | None = None,
+        source: str | None = None,
+        path: str = "events",
+    ) -> EnqueueResult:
+        """Validate and durably store events, all or none. Returns which were new and which duplicates.
+
+        Raises InvalidEventError (every problem of every event), EventConflictError (an event_id stored
+        with different content: nothing of this call is stored), OutboxFullError (back-pressure).
+        """
+        validated = validate_many(list(events), self._clock(), path)
+        return self.enqueue_validated(validated, conn=conn, source=source)
+
+    def enqueue_validated(
+        self, events: Sequence[Event], *, conn: sqlite3.Connection | None = None, source: str | None = None
+    ) -> EnqueueResult:
+        """Store events that were validated already (intake paths validate first to report problems)."""
+        source = source or self.source
+        if not events:
+            return EnqueueResult(source=source)
+        now_us = int(self._clock() * 1_000_000)
+        if conn is not None:
+            inserted = insert_in_transaction(conn, events, source, now_us)
+        else:
+            self._check_capacity(len(events))
+            inserted = self._group_commit(events, source, now_us)
+        result = EnqueueResult(
+            new=inserted.new,
+            duplicates=inserted.duplicates,
+            warnings=[w for e in events for w in e.warnings],
+            late=[e.event_id for e in events if e.late],
+            source=source,
+        )
+        if conn is None:
+            self._backlog += len(result.new)
+            for listener in self._listeners:
+                listener(result)
+        return result
+
+    def _group_commit(self, events: Sequence[Event], source: str, now_us: int) -> InsertResult:
+        item = _Pending(events, source)
+        with self._queue_lock:
+            self._queue.append(item)
+        with self._commit_lock:
+            if not item.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch, now_us)
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    def _commit(self, batch: list[_Pending], now_us: int) -> None:
+        try:
+            results = self.store.insert_groups([(p.events, p.source) for p in batch], now_us)
+        except (OutboxError, sqlite3.Error) as exc:
+            for pending in batch:
+                pending.error = exc
+                pending.done = True
+            return
+        for pending, outcome in zip(batch, results, strict=True):
+            if isinstance(outcome, EventConflictError):
+                pending.error = outcome
+            else:
+                pending.result = outcome
+            pending.done = True
+
+    def _check_capacity(self, adding: int) -> None:
+        """Refuse when the backlog is at max_events. The count is refreshed at most once a second."""
+        if self.max_events is None:
+            return
+        now = time.monotonic()
+        if now - self._backlog_checked > 1.0 or self._backlog + adding > self.max_events:
+            self._backlog = self.store.backlog()
+            self._backlog_checked = now
+        if self._backlog + adding > self.max_events:
+            raise OutboxFullError(
+                f"the outbox {self.path} holds {self._backlog} undelivered events, at its limit "
+                f"max_events = {self.max_events}; nothing was stored. Retry later, or raise "
+                "[outbox] max_events if the disk allows",
+                retry_after=5.0,
+            )
+
+    def wait_for_room(self, adding: int = 1, timeout: float = 30.0, poll: float = 0.5) -> None:
+        """Block until `adding` more events fit (for producers that prefer to wait than to fail).
+
+        Raises OutboxFullError when `timeout` seconds pass without room.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._backlog_checked = -1.0
+                self._check_capacity(adding)
+                return
+            except OutboxFullError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(poll)
+
+
+def duplicate_id_problems(events: Sequence[Event], path: str = "events") -> InvalidEventError | None:
+    """An InvalidEventError for event_ids repeated within one request (as Dodo refuses them), or None."""
+    problems = duplicate_ids(events, path)
+    return InvalidEventError(problems) if problems else None

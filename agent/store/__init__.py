@@ -1,0 +1,29 @@
+"""The outbox database: the only package in dodo-outbox that speaks SQL.
+
+`Store` is assembled from one mixin per concern (queue hot paths, operator queries, ...), each in its
+own module, all sharing one connection and one transaction helper (`StoreBase.write`).
+"""
+
+from __future__ import annotations
+
+from agent.store.base import State, StoreOptions, disk_full
+from agent.store.ops import EventRecord, OpsMixin
+from agent.store.queue import Claimed, InsertResult, QueueMixin, insert_in_transaction
+from agent.store.schema import SCHEMA_VERSION
+
+
+class Store(QueueMixin, OpsMixin):
+    """The outbox file. Thread-safe; open one per process and share it."""
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Claimed",
+    "EventRecord",
+    "InsertResult",
+    "State",
+    "Store",
+    "StoreOptions",
+    "disk_full",
+    "insert_in_transaction",
+]

@@ -1,0 +1,147 @@
+"""The outbox connection: opening, the one transaction helper, and how SQLite errors map to ours."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Self
+
+from agent.errors import OutboxClosedError, OutboxCorruptError, OutboxError, OutboxFullError
+from agent.store import schema
+
+
+class State(StrEnum):
+    """The life of an outbox row (see shared/design.md): pending → inflight → delivered | dead."""
+
+    PENDING = "pending"
+    INFLIGHT = "inflight"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+RESPONSE_EXCERPT_CHARS = 2000
+"""How much of Dodo's answer a dead row keeps."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """How to open the outbox file."""
+
+    synchronous: str = "full"
+    busy_timeout_ms: int = 10_000
+    check_integrity: bool = False
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether an SQLite error means the disk (or max_page_count) is full."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
+
+
+class StoreBase:
+    """One SQLite connection, shared by the threads of one process under a lock.
+
+    Several processes may open the same file: WAL lets readers run beside one writer, and every write
+    takes the database lock up front (BEGIN IMMEDIATE) so two writers never deadlock mid-transaction.
+    """
+
+    def __init__(self, path: str | Path, options: StoreOptions | None = None) -> None:
+        self.options = options or StoreOptions()
+        self.path = Path(path)
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._conn: sqlite3.Connection | None = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=0
+            )
+            schema.configure(self._conn, self.options.synchronous, self.options.busy_timeout_ms)
+            if self.options.check_integrity:
+                self._check_integrity()
+            schema.migrate(self._conn)
+        except sqlite3.DatabaseError as exc:
+            self._close_quietly()
+            if disk_full(exc):
+                raise OutboxFullError(f"cannot open the outbox {self.path}: the disk is full") from exc
+            raise OutboxCorruptError(
+                f"cannot open the outbox {self.path}: {exc}. If the file is damaged, run "
+                f"`dodo-outbox doctor --path {self.path}` to check it and salvage its rows"
+            ) from exc
+
+    def _check_integrity(self) -> None:
+        rows = self.conn.execute("PRAGMA quick_check").fetchall()
+        if [r[0] for r in rows] != ["ok"]:
+            detail = "; ".join(str(r[0]) for r in rows[:3])
+            raise sqlite3.DatabaseError(f"integrity check failed: {detail}")
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise OutboxClosedError(f"the outbox {self.path} is closed")
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL). Safe to call twice."""
+        with self._lock:
+            if self._conn is not None:
+                with suppress(sqlite3.Error):
+                    self._conn.execute("PRAGMA optimize")
+                self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on any error.
+
+        Returns only after COMMIT, so with synchronous=FULL the data is on disk. Raises
+        OutboxFullError when the disk is full and OutboxError when the file stays locked.
+        """
+        with self._lock:
+            conn = self.conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise OutboxError(
+                    f"the outbox {self.path} stayed locked by another writer for "
+                    f"{self.options.busy_timeout_ms} ms: {exc}"
+                ) from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error) and disk_full(exc):
+                    raise OutboxFullError(
+                        f"the disk holding the outbox {self.path} is full; nothing of this write was "
+                        "stored. Free space; the agent recovers by itself",
+                        retry_after=5.0,
+                    ) from exc
+                raise
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads, under the process lock (a consistent snapshot per statement)."""
+        with self._lock:
+            yield self.conn

@@ -1,0 +1,267 @@
+"""The hot paths of the outbox: enqueue, claim, settle. Raw sqlite3, one transaction per call.
+
+Every state change is one UPDATE guarded by the source state (and, for inflight rows, by the lease
+owner), and its row count is returned so the caller can see whether it applied: a stale worker whose
+lease expired can never move a row that another worker already settled.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from agent.errors import EventConflictError
+from agent.events import Event, same_content
+from agent.store import schema
+from agent.store.base import RESPONSE_EXCERPT_CHARS, StoreBase
+
+_INSERT = (
+    "INSERT INTO dodo_outbox_events (event_id, event_name, ts, payload, stamped, source, enqueued_at, "
+    "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (event_id) DO NOTHING"
+)
+
+CLAIM_SQL = (
+    "SELECT id, event_id, ts, payload, attempts, enqueued_at FROM dodo_outbox_events "
+    "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY ts LIMIT ?"
+)
+
+
+@dataclass
+class InsertResult:
+    """What one enqueue call stored: event_ids that were new and those already in the outbox."""
+
+    new: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A row leased for sending."""
+
+    id: int
+    event_id: str
+    ts_us: int
+    payload: str
+    attempts: int
+    enqueued_at_us: int
+
+
+def _rows(events: Sequence[Event], source: str, now_us: int) -> list[tuple[object, ...]]:
+    return [(e.event_id, e.event_name, e.ts_us, e.payload, int(e.stamped), source, now_us) for e in events]
+
+
+def _dedupe(events: Sequence[Event]) -> tuple[list[Event], list[str], list[str]]:
+    """Drop repeats inside one call: same content is a duplicate, different content a conflict."""
+    seen: dict[str, Event] = {}
+    unique: list[Event] = []
+    dupes: list[str] = []
+    conflicts: list[str] = []
+    for event in events:
+        first = seen.get(event.event_id)
+        if first is None:
+            seen[event.event_id] = event
+            unique.append(event)
+        elif same_content(first.payload, first.stamped, event.payload, event.stamped):
+            dupes.append(event.event_id)
+        else:
+            conflicts.append(event.event_id)
+    return unique, dupes, conflicts
+
+
+def insert_on(conn: sqlite3.Connection, events: Sequence[Event], source: str, now_us: int) -> InsertResult:
+    """Insert events on a connection inside the caller's open transaction (or savepoint).
+
+    Raises EventConflictError, leaving the caller to roll back, when an event_id is stored (or repeated
+    in `events`) with different content.
+    """
+    unique, dupes, conflicts = _dedupe(events)
+    if conflicts:
+        raise EventConflictError(conflicts)
+    first_new_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM dodo_outbox_events").fetchone()[0]) + 1
+    before = conn.total_changes
+    conn.executemany(_INSERT, _rows(unique, source, now_us))
+    result = InsertResult(duplicates=dupes)
+    if conn.total_changes - before == len(unique):
+        result.new = [e.event_id for e in unique]
+        return result
+    # Some were already stored: rows of this call have ids past the old maximum; for the others, tell
+    # a duplicate (same content) from a conflict.
+    stored: dict[str, tuple[int, str, int]] = {}
+    ids = [e.event_id for e in unique]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for row_id, event_id, payload, stamped in conn.execute(
+            f"SELECT id, event_id, payload, stamped FROM dodo_outbox_events WHERE event_id IN ({marks})",
+            chunk,
+        ):
+            stored[event_id] = (row_id, payload, stamped)
+    for event in unique:
+        row_id, payload, stamped = stored[event.event_id]
+        if row_id >= first_new_id:
+            result.new.append(event.event_id)
+        elif same_content(payload, bool(stamped), event.payload, event.stamped):
+            result.duplicates.append(event.event_id)
+        else:
+            conflicts.append(event.event_id)
+    if conflicts:
+        raise EventConflictError(conflicts)
+    return result
+
+
+class QueueMixin(StoreBase):
+    """Enqueue, claim and settle."""
+
+    def insert_groups(
+        self, groups: Sequence[tuple[Sequence[Event], str]], now_us: int
+    ) -> list[InsertResult | EventConflictError]:
+        """Store several independent enqueue calls in ONE transaction (group commit).
+
+        A group is one call's events and its source. Each group is atomic on its own (a savepoint):
+        a conflicting group stores nothing and gets its EventConflictError in the result list, the
+        other groups are stored. Returns after COMMIT.
+        Raises OutboxFullError (disk full) or OutboxError for the whole transaction.
+        """
+        results: list[InsertResult | EventConflictError] = []
+        with self.write() as conn:
+            for group, source in groups:
+                conn.execute("SAVEPOINT dodo_outbox_group")
+                try:
+                    results.append(insert_on(conn, group, source, now_us))
+                except EventConflictError as exc:
+                    conn.execute("ROLLBACK TO dodo_outbox_group")
+                    results.append(exc)
+                conn.execute("RELEASE dodo_outbox_group")
+        return results
+
+    def claim(self, now_us: int, limit: int, max_bytes: int, lease_us: int, owner: str) -> list[Claimed]:
+        """Lease up to `limit` due pending rows, oldest event time first, within `max_bytes` of payload.
+
+        Counts the attempt now, so a crash mid-send still counts it. The rows are `inflight` until
+        settled or until `now + lease` passes. event_id is unique in the table, so a claim never holds
+        the same event twice.
+        """
+        with self.write() as conn:
+            rows = conn.execute(CLAIM_SQL, (now_us, limit)).fetchall()
+            chosen: list[Claimed] = []
+            size = 0
+            for row_id, event_id, ts, payload, attempts, enqueued in rows:
+                size += len(payload) + 1
+                if chosen and size > max_bytes:
+                    break
+                chosen.append(Claimed(row_id, event_id, ts, payload, attempts + 1, enqueued))
+            if chosen:
+                marks = ",".join("?" * len(chosen))
+                conn.execute(
+                    "UPDATE dodo_outbox_events SET state = 'inflight', attempts = attempts + 1, "
+                    f"lease_until = ?, lease_owner = ? WHERE state = 'pending' AND id IN ({marks})",
+                    (now_us + lease_us, owner, *[c.id for c in chosen]),
+                )
+        return chosen
+
+    def _settle(self, sql: str, params: Sequence[object], ids: Sequence[int], owner: str) -> int:
+        if not ids:
+            return 0
+        changed = 0
+        with self.write() as conn:
+            for start in range(0, len(ids), 900):
+                chunk = ids[start : start + 900]
+                marks = ",".join("?" * len(chunk))
+                cursor = conn.execute(
+                    sql + f" WHERE state = 'inflight' AND lease_owner = ? AND id IN ({marks})",
+                    (*params, owner, *chunk),
+                )
+                changed += cursor.rowcount
+        return changed
+
+    def mark_delivered(
+        self, ids: Sequence[int], owner: str, now_us: int, restamped: Sequence[int] = ()
+    ) -> int:
+        """inflight → delivered for rows this owner still leases. Returns how many moved."""
+        changed = self._settle(
+            "UPDATE dodo_outbox_events SET state = 'delivered', settled_at = ?, lease_until = NULL, "
+            "lease_owner = NULL, last_error = NULL",
+            (now_us,),
+            ids,
+            owner,
+        )
+        if restamped:
+            with self.write() as conn:
+                marks = ",".join("?" * len(restamped))
+                conn.execute(
+                    f"UPDATE dodo_outbox_events SET restamped = 1 WHERE id IN ({marks})", tuple(restamped)
+                )
+        return changed
+
+    def mark_retry(
+        self, ids: Sequence[int], owner: str, next_attempt_us: int, error: str, refund: bool = False
+    ) -> int:
+        """inflight → pending, due again at `next_attempt_us`. `refund` gives the attempt back.
+
+        Refunds are for outcomes that say nothing about the events (the key was refused, shutdown).
+        """
+        return self._settle(
+            "UPDATE dodo_outbox_events SET state = 'pending', next_attempt_at = ?, lease_until = NULL, "
+            f"lease_owner = NULL, last_error = ?, attempts = attempts - {1 if refund else 0}",
+            (next_attempt_us, error[:RESPONSE_EXCERPT_CHARS]),
+            ids,
+            owner,
+        )
+
+    def mark_dead(
+        self,
+        ids: Sequence[int],
+        owner: str,
+        now_us: int,
+        reason: str,
+        http_status: int | None,
+        response: str,
+    ) -> int:
+        """inflight → dead with its reason, HTTP status and a bounded excerpt of the response."""
+        return self._settle(
+            "UPDATE dodo_outbox_events SET state = 'dead', settled_at = ?, reason = ?, http_status = ?, "
+            "response = ?, last_error = ?, lease_until = NULL, lease_owner = NULL",
+            (now_us, reason, http_status, response[:RESPONSE_EXCERPT_CHARS], reason),
+            ids,
+            owner,
+        )
+
+    def release_expired(self, now_us: int) -> int:
+        """inflight rows whose lease passed (their worker died) → pending, due now."""
+        with self.write() as conn:
+            cursor = conn.execute(
+                "UPDATE dodo_outbox_events SET state = 'pending', next_attempt_at = 0, lease_until = NULL, "
+                "lease_owner = NULL, last_error = 'lease expired: the worker stopped mid-send' "
+                "WHERE state = 'inflight' AND lease_until < ?",
+                (now_us,),
+            )
+            return cursor.rowcount
+
+    def backlog(self) -> int:
+        """Rows not yet delivered or dead (pending + inflight): what capacity limits count."""
+        with self.read() as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM dodo_outbox_events WHERE state = 'pending') + "
+                "(SELECT count(*) FROM dodo_outbox_events WHERE state = 'inflight')"
+            ).fetchone()
+            return int(row[0])
+
+    def next_due_us(self) -> int | None:
+        """When the earliest pending row is due (microseconds), or None when nothing is pending."""
+        with self.read() as conn:
+            row = conn.execute(
+                "SELECT min(next_attempt_at) FROM dodo_outbox_events WHERE state = 'pending'"
+            ).fetchone()
+            return None if row[0] is None else int(row[0])
+
+
+def insert_in_transaction(
+    conn: sqlite3.Connection, events: Sequence[Event], source: str, now_us: int
+) -> InsertResult:
+    """The transactional outbox: insert on the application's own connection, in its transaction.
+
+    Creates the outbox tables if this database has none. Commit or rollback is the caller's.
+    """
+    schema.ensure_tables(conn)
+    return insert_on(conn, events, source, now_us)

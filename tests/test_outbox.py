@@ -1,0 +1,238 @@
+"""The library API: durability, group commit under threads, several processes, the transactional outbox."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent import EventConflictError, InvalidEventError, Outbox, OutboxFullError
+from agent.store import Store
+
+
+def event(i: int | str, **meta: object) -> dict[str, object]:
+    return {"event_id": f"e{i}", "customer_id": "cus_1", "event_name": "api.call", "metadata": meta or None}
+
+
+def stored_ids(path: Path) -> set[str]:
+    """Read with a separate plain sqlite3 connection: what is on disk, not in our cache."""
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute("SELECT event_id FROM dodo_outbox_events")}
+    finally:
+        conn.close()
+
+
+def test_enqueue_returns_after_commit(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as outbox:
+        result = outbox.enqueue(event(1, tokens=5))
+        assert result.new == ["e1"] and result.ingested_count == 1
+        assert stored_ids(path) == {"e1"}
+
+
+def test_results_report_duplicates_warnings_and_late(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as outbox:
+        outbox.enqueue(event(1))
+        old = event(2) | {"timestamp": "2000-01-01T00:00:00Z"}
+        result = outbox.enqueue_many([event(1), old, event(3, tokens="12")])
+        # An event from the year 2000 is late (the delivery policy decides), not refused.
+        assert result.new == ["e2", "e3"]
+        assert result.duplicates == ["e1"]
+        assert result.late == ["e2"]
+        assert [w.path for w in result.warnings] == ["events[2].metadata.tokens"]
+
+
+def test_invalid_batch_stores_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as outbox:
+        with pytest.raises(InvalidEventError) as info:
+            outbox.enqueue_many([event(1), event(2) | {"customer_id": ""}])
+        assert [p.path for p in info.value.problems] == ["events[1].customer_id"]
+    assert stored_ids(path) == set()
+
+
+def test_conflict_stores_nothing_of_the_call(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as outbox:
+        outbox.enqueue(event(1, n=1))
+        with pytest.raises(EventConflictError):
+            outbox.enqueue_many([event(2), event(1, n=2)])
+    assert stored_ids(path) == {"e1"}
+
+
+def test_group_commit_under_threads(tmp_path: Path) -> None:
+    """32 threads x 50 single-event calls: every call durable, no duplicates, fewer commits than calls."""
+    path = tmp_path / "o.db"
+    errors: list[BaseException] = []
+    with Outbox(path) as outbox:
+        commits = 0
+        real_insert = outbox.store.insert_groups
+
+        def counting(groups, now_us):  # type: ignore[no-untyped-def]
+            nonlocal commits
+            commits += 1
+            return real_insert(groups, now_us)
+
+        outbox.store.insert_groups = counting  # type: ignore[method-assign]
+
+        def produce(thread: int) -> None:
+            try:
+                for i in range(50):
+                    result = outbox.enqueue(event(f"{thread}-{i}"))
+                    assert result.new == [f"e{thread}-{i}"]
+                    # Durable on return: visible to another connection right away.
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=produce, args=(t,)) for t in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert len(stored_ids(path)) == 32 * 50
+    assert commits < 32 * 50, "concurrent calls must share transactions"
+
+
+def test_group_commit_isolates_a_conflicting_call(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as outbox:
+        outbox.enqueue(event("x", n=1))
+        barrier = threading.Barrier(8)
+        outcomes: dict[int, str] = {}
+
+        def produce(i: int) -> None:
+            barrier.wait()
+            try:
+                if i == 0:
+                    outbox.enqueue(event("x", n=2))
+                else:
+                    outbox.enqueue(event(i))
+                outcomes[i] = "ok"
+            except EventConflictError:
+                outcomes[i] = "conflict"
+
+        threads = [threading.Thread(target=produce, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert outcomes[0] == "conflict"
+        assert all(outcomes[i] == "ok" for i in range(1, 8))
+        assert outbox.store.counts()["pending"] == 8
+
+
+_PRODUCER = """
+import sys
+from agent import Outbox
+with Outbox(sys.argv[1]) as outbox:
+    for chunk in range(20):
+        outbox.enqueue_many([
+            {"event_id": f"p{sys.argv[2]}-{chunk}-{i}", "customer_id": "c", "event_name": "api.call"}
+            for i in range(25)
+        ])
+"""
+
+_DRAINER = """
+import sys, time
+from agent.store import Store
+with Store(sys.argv[1]) as store:
+    done = 0
+    deadline = time.time() + 60
+    while done < int(sys.argv[2]) and time.time() < deadline:
+        rows = store.claim(int(time.time() * 1e6) + 10**9, 100, 10**7, 10**8, "drainer")
+        done += store.mark_delivered([r.id for r in rows], "drainer", int(time.time() * 1e6))
+        if not rows:
+            time.sleep(0.01)
+    print(done)
+"""
+
+
+def test_several_processes_enqueue_while_another_drains(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    Store(path).close()
+    total = 4 * 20 * 25
+    drainer = subprocess.Popen(
+        [sys.executable, "-c", _DRAINER, str(path), str(total)], stdout=subprocess.PIPE, text=True
+    )
+    producers = [
+        subprocess.Popen([sys.executable, "-c", _PRODUCER, str(path), str(p)], stderr=subprocess.PIPE, text=True)
+        for p in range(4)
+    ]
+    for proc in producers:
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+    out, _ = drainer.communicate(timeout=120)
+    assert drainer.returncode == 0
+    assert int(out) == total
+    with Store(path) as store:
+        assert store.counts() == {"pending": 0, "inflight": 0, "delivered": total, "dead": 0}
+
+
+def test_transactional_outbox_commits_and_rolls_back_with_the_app(tmp_path: Path) -> None:
+    app_db = tmp_path / "app.db"
+    app = sqlite3.connect(app_db, isolation_level=None)
+    app.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total INTEGER)")
+    outbox = Outbox(tmp_path / "unused.db")
+
+    app.execute("BEGIN")
+    app.execute("INSERT INTO orders (total) VALUES (10)")
+    outbox.enqueue(event("rolled-back"), conn=app)
+    app.execute("ROLLBACK")
+
+    app.execute("BEGIN")
+    app.execute("INSERT INTO orders (total) VALUES (20)")
+    result = outbox.enqueue(event("committed"), conn=app)
+    app.execute("COMMIT")
+    app.close()
+    outbox.close()
+    assert result.new == ["ecommitted"]
+
+    # The agent drains the application's own database file.
+    with Store(app_db) as store:
+        assert store.get("ecommitted") is not None
+        assert store.get("erolled-back") is None
+        assert store.counts()["pending"] == 1
+    assert sqlite3.connect(app_db).execute("SELECT count(*) FROM orders").fetchone()[0] == 1
+
+
+def test_capacity_refuses_without_storing_and_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, max_events=3) as outbox:
+        outbox.enqueue_many([event(1), event(2)])
+        with pytest.raises(OutboxFullError, match="max_events = 3") as info:
+            outbox.enqueue_many([event(3), event(4)])
+        assert info.value.retry_after > 0
+        assert stored_ids(path) == {"e1", "e2"}
+        # Delivering frees room.
+        rows = outbox.store.claim(10**18, 10, 10**6, 10**9, "w")
+        outbox.store.mark_delivered([r.id for r in rows], "w", 1)
+        outbox.wait_for_room(2, timeout=5, poll=0.05)
+        assert outbox.enqueue_many([event(3), event(4)]).new == ["e3", "e4"]
+
+
+def test_listeners_hear_committed_enqueues(tmp_path: Path) -> None:
+    heard: list[list[str]] = []
+    with Outbox(tmp_path / "o.db") as outbox:
+        outbox.add_listener(lambda r: heard.append(r.new))
+        outbox.enqueue(event(1))
+        outbox.enqueue(event(1))
+    assert heard == [["e1"], []]
+
+
+def test_disk_full_refuses_cleanly_and_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as outbox:
+        outbox.enqueue(event(0))
+        pages = outbox.store.conn.execute("PRAGMA page_count").fetchone()[0]
+        outbox.store.conn.execute(f"PRAGMA max_page_count = {pages}")
+        big = [event(i, blob="x" * 400) for i in range(1, 200)]
+        with pytest.raises(OutboxFullError, match="disk"):
+            outbox.enqueue_many(big)
+        assert stored_ids(path) == {"e0"}
+        outbox.store.conn.execute("PRAGMA max_page_count = 1073741823")
+        assert len(outbox.enqueue_many(big).new) == 199
