@@ -7,13 +7,14 @@ for anything raised on purpose. Each command lives in the module of its concern.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
+from rich.markup import escape
 
 from agent import __version__
 from agent.cli import common, core
-from agent.errors import ConfigError, DodoOutboxError, OutboxError, OutboxFullError
+from agent.errors import ConfigError, DodoOutboxError, OutboxError
 
 
 class _Group(click.Group):
@@ -21,14 +22,16 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            common.err.print(f"[red]error:[/red] {exc}", markup=True)
-            sys.exit(common.EXIT_USAGE)
-        except (OutboxFullError, OutboxError) as exc:
-            common.err.print(f"[red]error:[/red] {exc}", markup=True)
-            sys.exit(common.EXIT_TEMPFAIL)
+            _fail(exc, common.EXIT_USAGE)
+        except OutboxError as exc:
+            _fail(exc, common.EXIT_TEMPFAIL)
         except DodoOutboxError as exc:
-            common.err.print(f"[red]error:[/red] {exc}", markup=True)
-            sys.exit(common.EXIT_FAILED)
+            _fail(exc, common.EXIT_FAILED)
+
+
+def _fail(exc: Exception, code: int) -> NoReturn:
+    common.err.print(f"[red]error:[/red] {escape(str(exc))}")
+    sys.exit(code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
