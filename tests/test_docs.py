@@ -48,7 +48,7 @@ def test_every_config_key_is_in_the_readme() -> None:
 
 def test_readme_has_exactly_two_fresh_machine_commands() -> None:
     quick = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```(?:sh|bash|console)\n(.*?)```", quick, re.S)
+    blocks = re.findall(r"```(?:sh|bash)\n(.*?)```", quick, re.S)
     assert len(blocks) == 2, "the quick start shows exactly two commands"
     ci = (ROOT / ".ci" / "run").read_text()
     assert blocks[1].strip() in ci, ".ci/run must run exactly the README's test command"
