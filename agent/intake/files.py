@@ -55,6 +55,8 @@ def read_records(stream: IO[bytes]) -> Iterator[Record | ParseProblem]:
         is_ndjson = isinstance(value, dict) and not _is_body(value)
     except json.JSONDecodeError:
         is_ndjson = False
+    except RecursionError:
+        is_ndjson = True  # a monster first line; the NDJSON reader reports it and goes on
     if is_ndjson:
         yield from _ndjson(stripped, tail, stream, offset_line)
     else:
@@ -101,6 +103,8 @@ def _ndjson_line(raw: str, line: int) -> Iterator[Record | ParseProblem]:
         yield Record(line, json.loads(raw))
     except json.JSONDecodeError as exc:
         yield ParseProblem(line, f"not valid JSON ({exc.msg} at column {exc.colno})")
+    except RecursionError:
+        yield ParseProblem(line, "nested too deeply to be an event")
 
 
 def _document(text: str, tail: bytes, stream: IO[bytes], line: int) -> Iterator[Record | ParseProblem]:
@@ -122,6 +126,9 @@ def _document(text: str, tail: bytes, stream: IO[bytes], line: int) -> Iterator[
         value = json.loads(whole)
     except json.JSONDecodeError as exc:
         yield ParseProblem(line + exc.lineno - 1, f"not valid JSON ({exc.msg} at column {exc.colno})")
+        return
+    except RecursionError:
+        yield ParseProblem(line, "nested too deeply to be an event")
         return
     if isinstance(value, dict) and _is_body(value):
         events = value["events"]
@@ -175,6 +182,9 @@ def _array(text: str, tail: bytes, stream: IO[bytes], line: int) -> Iterator[Rec
         except json.JSONDecodeError as exc:
             yield ParseProblem(line + exc.lineno - 1, f"not valid JSON ({exc.msg})")
             return
+        except RecursionError:
+            yield ParseProblem(line, "nested too deeply to be an event")
+            return
         yield Record(line, value)
         line += buffer[:end].count("\n")
         buffer = buffer[end:]
@@ -191,5 +201,7 @@ def _partial(buffer: str) -> bool:
         _, end = _decoder.raw_decode(buffer)
     except json.JSONDecodeError:
         return True
+    except RecursionError:
+        return False
     # A number that runs to the end of the buffer may continue in the next chunk.
     return end == len(buffer)

@@ -1,0 +1,399 @@
+"""The local HTTP endpoint: Dodo's `POST /events/ingest`, answered from the durable outbox.
+
+An app moves to the agent by changing only its SDK's `base_url`. Same request, same answers:
+- `200 {"ingested_count": n}` once the events are COMMITTED to the outbox file (n counts new events;
+  events already stored with the same content are not counted, as Dodo does).
+- `422 UNPROCESSABLE_ENTITY`: not JSON, or not Dodo's shape (an event that is not an object, an unknown
+  field, a field of the wrong JSON type), as Dodo's deserialiser refuses it. `400 BAD_REQUEST`: a rule
+  broken. `400 DUPLICATE_EVENT_ID`: an id twice in one request. `400 EVENT_CONFLICT`: an id already
+  stored with different content (Dodo would answer 200 and never bill it; not 409, which the SDK
+  retries). Error bodies are `{"code", "message", "problems": [{"path", "message"}]}` listing every
+  problem; nothing of a refused request is stored.
+- `401` token, `413` body size, `408` body too slow, `415` not JSON, `429` + `Retry-After` when the
+  outbox is full (the SDK retries it), `503` + `Retry-After` when shutting down or the outbox fails.
+Also `GET /healthz` (alive), `GET /readyz` (outbox open and not shutting down), `GET /v1/status`.
+
+The token: when `[intake.http] token` is set, `/events/ingest` and `/v1/status` need
+`Authorization: Bearer <token>`. The official SDK sends its API key as that bearer, so apps set their
+SDK key (`DODO_PAYMENTS_API_KEY`) to the agent's token; the real Dodo key stays with the agent.
+`extra_routes` (e.g. metrics) are served without the token check.
+Shutting down: set the `shutting_down` event given to `create_app` (or `app.state.shutting_down`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import orjson
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from agent.config import HttpIntakeSettings
+from agent.errors import DodoOutboxError, EventConflictError, OutboxError, OutboxFullError, Problem
+from agent.events import FIELDS, Event, check_event
+from agent.outbox import Outbox
+
+log = structlog.get_logger("dodo_outbox.intake")
+
+MAX_EVENTS = 1000
+"""Dodo's hard cap of events per request."""
+INTAKE_THREADS = 128
+"""Worker threads for ingest calls. anyio's default limiter (40) would cap how many requests share one
+group commit; ingest uses its own limiter so it neither starves nor is starved by other thread users."""
+DRAIN_BYTES = 8 << 20
+"""An oversized body is read and thrown away up to this much past the limit, so a client that writes
+its whole request before reading sees the 413 rather than a reset; beyond it the connection is cut."""
+MAX_LISTED = 1000
+"""Problems listed in one error body (the message gives the total)."""
+SHUTDOWN_RETRY_AFTER = 5.0
+UNAVAILABLE_RETRY_AFTER = 2.0
+_REQUIRED = ("event_id", "customer_id", "event_name")
+Headers = dict[str, str] | None
+
+
+class Refusal(Exception):
+    """An error answer: status, Dodo-shaped code and message, the problems, extra headers."""
+
+    def __init__(
+        self, status: int, code: str, message: str, problems: Sequence[Problem] = (), headers: Headers = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.problems = status, code, message, problems
+        self.headers = dict(headers or {})
+
+    def response(self) -> Response:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.problems:
+            body["problems"] = [{"path": p.path, "message": p.message} for p in self.problems[:MAX_LISTED]]
+        return json_response(self.status, body, self.headers)
+
+
+def _schema(message: str) -> Refusal:
+    return Refusal(422, "UNPROCESSABLE_ENTITY", message)
+
+
+def json_response(status: int, body: Any, headers: Headers = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+def retry_headers(seconds: float) -> dict[str, str]:
+    """`Retry-After` in whole seconds (the standard) and `retry-after-ms` (read first by the SDK)."""
+    return {
+        "Retry-After": str(max(1, math.ceil(seconds))),
+        "retry-after-ms": str(max(1, round(seconds * 1000))),
+    }
+
+
+def is_schema_violation(raw: object) -> bool:
+    """Whether Dodo would refuse this event with 422 (wrong JSON type or unknown field), not 400."""
+    if not isinstance(raw, dict) or any(key not in FIELDS for key in raw):
+        return True
+    if any(not isinstance(raw.get(name), str) for name in _REQUIRED):
+        return True
+    timestamp, metadata = raw.get("timestamp"), raw.get("metadata")
+    if timestamp is not None and not isinstance(timestamp, str):
+        return True
+    if metadata is None:
+        return False
+    # bool is an int subclass: it passes, as Dodo's schema allows booleans.
+    return not isinstance(metadata, dict) or any(
+        not isinstance(v, str | int | float) for v in metadata.values()
+    )
+
+
+def safe_check(raw: object, now: float, path: str) -> tuple[Event | None, list[Problem]]:
+    """`check_event`, with any crash on strange input turned into a problem (never a 500)."""
+    try:
+        return check_event(raw, now, path)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        return None, [Problem(path, f"cannot be validated ({type(exc).__name__}: {exc}); fix its values")]
+
+
+def _summary(problems: Sequence[Problem]) -> str:
+    count = len(problems)
+    more = f" (and {count - 1} more, listed in problems)" if count > 1 else ""
+    return f"{count} problem{'s' if count != 1 else ''}; nothing was stored: {problems[0]}{more}"
+
+
+def _duplicates(raws: Sequence[object]) -> list[Problem]:
+    """An event_id repeated inside one request (Dodo fails the whole request for it)."""
+    first: dict[str, int] = {}
+    problems: list[Problem] = []
+    for index, raw in enumerate(raws):
+        event_id = raw.get("event_id") if isinstance(raw, dict) else None
+        if isinstance(event_id, str) and (seen := first.setdefault(event_id, index)) != index:
+            problems.append(
+                Problem(
+                    f"events[{index}].event_id",
+                    f"{event_id!r} repeats events[{seen}].event_id; Dodo refuses a request with the same "
+                    "event_id twice: give each event its own id",
+                )
+            )
+    return problems
+
+
+def check_body(body: bytes, now: float) -> list[Event]:
+    """Parse and validate a request body like Dodo does. Returns the events; raises Refusal (422/400)."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        reason = "the body is empty" if not body.strip() else f"malformed JSON ({exc})"
+        raise _schema(f'body: {reason}; send {{"events": [...]}}') from None
+    if not isinstance(document, dict):
+        raise _schema('body: expected an object {"events": [...]}')
+    for key in document:
+        if key != "events":
+            raise _schema(f'body.{key}: unknown field; the body is {{"events": [...]}}')
+    raws = document.get("events")
+    if not isinstance(raws, list):
+        raise _schema("body.events: required, must be a list of events")
+    if not raws or len(raws) > MAX_EVENTS:
+        raise Refusal(
+            400, "BAD_REQUEST", f"events: send 1 to {MAX_EVENTS} events per request, not {len(raws)}"
+        )
+    events: list[Event] = []
+    problems: list[Problem] = []
+    for index, raw in enumerate(raws):
+        event, found = safe_check(raw, now, f"events[{index}]")
+        problems.extend(found)
+        if event is not None:
+            events.append(event)
+    duplicates = _duplicates(raws)
+    if any(is_schema_violation(raw) for raw in raws):
+        code, status = "UNPROCESSABLE_ENTITY", 422
+    elif problems:
+        code, status = "BAD_REQUEST", 400
+    elif duplicates:
+        code, status = "DUPLICATE_EVENT_ID", 400
+    else:
+        return events
+    every = problems + duplicates
+    raise Refusal(status, code, _summary(every), every)
+
+
+@dataclass
+class HttpIntake:
+    """The endpoint's handlers and state (one per app). See the module docstring for the contract."""
+
+    outbox: Outbox
+    settings: HttpIntakeSettings
+    status: Callable[[], dict[str, Any]]
+    readiness: Callable[[], dict[str, Any]]
+    shutting_down: threading.Event
+    clock: Callable[[], float] = time.time
+    full_retry_after: float | None = None
+    _limiters: dict[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = field(default_factory=dict)
+
+    def _limiter(self) -> anyio.CapacityLimiter:
+        # A limiter belongs to one event loop; a server stopped and started again runs a new one.
+        loop = asyncio.get_running_loop()
+        limiter = self._limiters.get(loop)
+        if limiter is None:
+            self._limiters = {loop: (limiter := anyio.CapacityLimiter(INTAKE_THREADS))}
+        return limiter
+
+    async def _in_thread(self, func: Callable[[], Any]) -> Any:
+        return await anyio.to_thread.run_sync(func, limiter=self._limiter())
+
+    def _authorize(self, request: Request) -> None:
+        if not self.settings.token:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self.settings.token.encode()
+        ):
+            raise Refusal(
+                401,
+                "UNAUTHORIZED",
+                "missing or wrong bearer token: send Authorization: Bearer <[intake.http] token> "
+                "(with the official SDK, set its API key to the agent's token)",
+                headers={"WWW-Authenticate": 'Bearer realm="dodo-outbox"'},
+            )
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The whole body within max_body_bytes and the read timeout. Raises Refusal (413, 408, 400)."""
+        limit = self.settings.max_body_bytes
+        too_big = Refusal(
+            413,
+            "PAYLOAD_TOO_LARGE",
+            f"body: larger than {limit} bytes ([intake.http] max_body_bytes); send fewer events per request",
+        )
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit + DRAIN_BYTES:
+            too_big.headers["Connection"] = "close"
+            raise too_big
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            with anyio.fail_after(self.settings.read_timeout_seconds):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit + DRAIN_BYTES:
+                        too_big.headers["Connection"] = "close"
+                        break
+                    if size <= limit:
+                        chunks.append(chunk)
+        except TimeoutError:
+            raise Refusal(
+                408,
+                "REQUEST_TIMEOUT",
+                f"body: not received within {self.settings.read_timeout_seconds:g} s "
+                "([intake.http] read_timeout_seconds)",
+                headers={"Connection": "close"},
+            ) from None
+        if size > limit:
+            raise too_big
+        return b"".join(chunks)
+
+    def _store(self, body: bytes) -> Response:
+        """Validate and commit (runs in a worker thread: the commit waits for the disk)."""
+        events = check_body(body, self.clock())
+        try:
+            result = self.outbox.enqueue_validated(events, source="http")
+        except OutboxFullError as exc:
+            wait = self.full_retry_after if self.full_retry_after is not None else exc.retry_after
+            log.warning("intake_refused_full", source="http", events=len(events), reason=str(exc))
+            raise Refusal(429, "OUTBOX_FULL", str(exc), headers=retry_headers(wait)) from None
+        except EventConflictError as exc:
+            conflicting = set(exc.event_ids)
+            problems = [
+                Problem(
+                    f"events[{i}].event_id",
+                    f"{e.event_id!r} is already in the outbox with different content; Dodo would ignore "
+                    "this event and never bill it. Give it a new event_id (or resend the same content)",
+                )
+                for i, e in enumerate(events)
+                if e.event_id in conflicting
+            ]
+            raise Refusal(400, "EVENT_CONFLICT", _summary(problems), problems) from None
+        except (OutboxError, sqlite3.Error) as exc:
+            log.error("intake_unavailable", source="http", error=str(exc))
+            raise Refusal(
+                503,
+                "OUTBOX_UNAVAILABLE",
+                f"the outbox cannot store events now: {exc}",
+                headers=retry_headers(UNAVAILABLE_RETRY_AFTER),
+            ) from None
+        if result.warnings:
+            log.info(
+                "intake_warnings", source="http", count=len(result.warnings), first=str(result.warnings[0])
+            )
+        return json_response(200, {"ingested_count": result.ingested_count})
+
+    async def ingest(self, request: Request) -> Response:
+        try:
+            if self.shutting_down.is_set():
+                raise Refusal(
+                    503,
+                    "SHUTTING_DOWN",
+                    "the agent is shutting down; retry shortly",
+                    headers=retry_headers(SHUTDOWN_RETRY_AFTER),
+                )
+            self._authorize(request)
+            media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+            if media and media != "application/json" and not media.endswith("+json"):
+                raise Refusal(
+                    415,
+                    "UNSUPPORTED_MEDIA_TYPE",
+                    f"Content-Type {media!r}: send Content-Type: application/json",
+                )
+            body = await self._read_body(request)
+            response: Response = await self._in_thread(lambda: self._store(body))
+            return response
+        except Refusal as refusal:
+            return refusal.response()
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is listening; nothing was stored
+
+    async def healthz(self, request: Request) -> Response:
+        return json_response(200, {"status": "ok"})
+
+    def _ready(self) -> tuple[bool, dict[str, Any]]:
+        outbox_open = not self.outbox.store.closed
+        shutting_down = self.shutting_down.is_set()
+        try:
+            details = dict(self.readiness())
+        except (DodoOutboxError, sqlite3.Error) as exc:
+            details = {"readiness_error": str(exc)}
+        ready = outbox_open and not shutting_down
+        body = {"status": "ready" if ready else "not_ready", "outbox_open": outbox_open}
+        return ready, {**body, "shutting_down": shutting_down, **details}
+
+    async def readyz(self, request: Request) -> Response:
+        ready, body = await self._in_thread(self._ready)
+        return json_response(200 if ready else 503, body)
+
+    async def status_document(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+            document = await self._in_thread(self.status)
+        except Refusal as refusal:
+            return refusal.response()
+        except (DodoOutboxError, sqlite3.Error) as exc:
+            return Refusal(503, "OUTBOX_UNAVAILABLE", f"cannot read the outbox: {exc}").response()
+        return json_response(200, document)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 404
+    code = "METHOD_NOT_ALLOWED" if status == 405 else "NOT_FOUND"
+    return json_response(status, {"code": code, "message": f"{request.method} {request.url.path}"})
+
+
+async def _crashed(request: Request, exc: Exception) -> Response:
+    log.error("intake_crashed", path=request.url.path, error=repr(exc), exc_info=exc)
+    return json_response(500, {"code": "INTERNAL_SERVER_ERROR", "message": "an agent bug; see its log"})
+
+
+def create_app(
+    outbox: Outbox,
+    settings: HttpIntakeSettings,
+    *,
+    status: Callable[[], dict[str, Any]],
+    readiness: Callable[[], dict[str, Any]],
+    extra_routes: Sequence[BaseRoute] = (),
+    shutting_down: threading.Event | None = None,
+    clock: Callable[[], float] = time.time,
+    full_retry_after: float | None = None,
+) -> Starlette:
+    """The ASGI app of the endpoint (serve it with `agent.intake.server.HttpServer`).
+
+    `status()` returns the status document (`agent.status.build(store)`); `readiness()` extra facts for
+    `/readyz` (e.g. `{"delivery_paused": true, "paused_reason": "..."}`); both run in a worker thread.
+    Set `shutting_down` (also at `app.state.shutting_down`) to refuse new events with 503.
+    `full_retry_after` overrides the Retry-After of a 429 (default: what the outbox suggests).
+    """
+    intake = HttpIntake(
+        outbox,
+        settings,
+        status=status,
+        readiness=readiness,
+        shutting_down=shutting_down or threading.Event(),
+        clock=clock,
+        full_retry_after=full_retry_after,
+    )
+    routes: list[BaseRoute] = [
+        Route("/events/ingest", intake.ingest, methods=["POST"]),
+        Route("/healthz", intake.healthz, methods=["GET"]),
+        Route("/readyz", intake.readyz, methods=["GET"]),
+        Route("/v1/status", intake.status_document, methods=["GET"]),
+        *extra_routes,
+    ]
+    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_found, Exception: _crashed})
+    app.state.intake = intake
+    app.state.shutting_down = intake.shutting_down
+    return app
