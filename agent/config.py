@@ -103,6 +103,26 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class MeterCheckSettings:
+    enabled: bool = _opt(True)
+    strict_meters: bool = _opt(False)
+    warn_interval_seconds: float = _opt(60.0, low=0)
+
+
+METER_AGGREGATIONS = ("count", "sum", "max", "last")
+
+
+@dataclass(frozen=True)
+class MeterSpec:
+    """One `[[meters]]` table: a meter known offline (what `GET /meters` would return)."""
+
+    event_name: str
+    aggregation: str
+    key: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     dodo: DodoSettings = field(default_factory=DodoSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
@@ -110,6 +130,8 @@ class Settings:
     intake_http: HttpIntakeSettings = field(default_factory=HttpIntakeSettings)
     intake_dropdir: DropdirSettings = field(default_factory=DropdirSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    meter_checks: MeterCheckSettings = field(default_factory=MeterCheckSettings)
+    meters: tuple[MeterSpec, ...] = ()
     source: str = "defaults"
 
     @property
@@ -125,6 +147,7 @@ SECTIONS: dict[str, str] = {
     "intake.http": "intake_http",
     "intake.dropdir": "intake_dropdir",
     "log": "log",
+    "meter_checks": "meter_checks",
 }
 
 
@@ -205,6 +228,8 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
             raise ConfigError(f"cannot read config file {chosen}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {chosen} is not valid TOML: {exc}") from None
+    # `[[meters]]` is an array of tables, not a section: read it on its own.
+    meters = _meters(document.pop("meters", None))
     tables = _flatten(document)
     for name in tables:
         if name not in SECTIONS:
@@ -215,12 +240,50 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
         attr: _section(name, type(getattr(Settings(), attr)), tables.get(name, {}), environ)
         for name, attr in SECTIONS.items()
     }
-    settings = Settings(**parts, source=str(chosen) if chosen else "defaults")
+    settings = Settings(**parts, meters=meters, source=str(chosen) if chosen else "defaults")
     if settings.delivery.backoff_initial_seconds > settings.delivery.backoff_max_seconds:
         raise ConfigError(
             "[delivery] backoff_initial_seconds is larger than backoff_max_seconds; make it smaller"
         )
     return settings
+
+
+def _meters(value: Any) -> tuple[MeterSpec, ...]:
+    """The `[[meters]]` array of tables. Raises ConfigError naming the meter (#1 is the first) and key."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(
+            "meters must be an array of tables: write each meter as [[meters]] with event_name, "
+            "aggregation and key"
+        )
+    fields = {f.name for f in dataclasses.fields(MeterSpec)}
+    specs: list[MeterSpec] = []
+    for index, item in enumerate(value):
+        where = f"[[meters]] #{index + 1}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: must be a table with event_name, aggregation and key")
+        for key in item:
+            if key not in fields:
+                hint = difflib.get_close_matches(key, fields, n=1)
+                known = ", ".join(sorted(fields))
+                also = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {known}"
+                raise ConfigError(f"{where} {key}: unknown key{also}")
+        for key in fields:
+            if key in item and not isinstance(item[key], str):
+                raise ConfigError(f"{where} {key} = {item[key]!r} must be a string (in quotes)")
+        if not item.get("event_name"):
+            raise ConfigError(f"{where} event_name: required, the meter's event name (case-sensitive)")
+        aggregation = item.get("aggregation")
+        if aggregation not in METER_AGGREGATIONS:
+            shown = "missing" if aggregation is None else f"= {aggregation!r}"
+            raise ConfigError(f"{where} aggregation {shown}: use one of {', '.join(METER_AGGREGATIONS)}")
+        if aggregation != "count" and not item.get("key"):
+            raise ConfigError(
+                f"{where} key: required for aggregation {aggregation!r}, the metadata key it aggregates"
+            )
+        specs.append(MeterSpec(item["event_name"], aggregation, item.get("key") or None, item.get("name")))
+    return tuple(specs)
 
 
 def _flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:

@@ -71,15 +71,27 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[delivery]\nbatch_max_events = 1001\n", r"\[delivery\] batch_max_events = 1001 is above the maximum 1000"),
-        ("[delivery]\nbatch_max_events = 'ten'\n", r"\[delivery\] batch_max_events = 'ten' must be a whole number"),
+        (
+            "[delivery]\nbatch_max_events = 1001\n",
+            r"\[delivery\] batch_max_events = 1001 is above the maximum 1000",
+        ),
+        (
+            "[delivery]\nbatch_max_events = 'ten'\n",
+            r"\[delivery\] batch_max_events = 'ten' must be a whole number",
+        ),
         ("[delivery]\nlate_events = 'drop'\n", r"late_events = 'drop' is not one of: restamp, dead_letter"),
-        ("[delivery]\nbatch_max_event = 5\n", r"\[delivery\] batch_max_event: unknown key; did you mean 'batch_max_events'"),
+        (
+            "[delivery]\nbatch_max_event = 5\n",
+            r"\[delivery\] batch_max_event: unknown key; did you mean 'batch_max_events'",
+        ),
         ("[delivry]\n", r"\[delivry\]: unknown section; did you mean \[delivery\]"),
         ("[dodo]\nenvironment = 'prod'\n", r"environment = 'prod' is not one of: test_mode, live_mode"),
         ("[intake.http]\nenabled = 'yes'\n", r"enabled = 'yes' must be true or false"),
         ("[outbox]\nsynchronous = 'off'\n", r"synchronous = 'off' is not one of: full, normal"),
-        ("[delivery]\nbackoff_initial_seconds = 10\nbackoff_max_seconds = 5\n", "backoff_initial_seconds is larger"),
+        (
+            "[delivery]\nbackoff_initial_seconds = 10\nbackoff_max_seconds = 5\n",
+            "backoff_initial_seconds is larger",
+        ),
         ("[delivery\n", "not valid TOML"),
         ("stray = 1\n", "keys belong inside a"),
     ],
@@ -90,7 +102,9 @@ def test_errors_name_the_key_and_value(tmp_path: Path, text: str, message: str) 
 
 
 def test_bad_environment_value_names_the_variable() -> None:
-    with pytest.raises(ConfigError, match="DODO_OUTBOX_DELIVERY_TIMEOUT_SECONDS = 'soon' is not a valid float"):
+    with pytest.raises(
+        ConfigError, match="DODO_OUTBOX_DELIVERY_TIMEOUT_SECONDS = 'soon' is not a valid float"
+    ):
         config.load(None, environ={"DODO_OUTBOX_DELIVERY_TIMEOUT_SECONDS": "soon"})
 
 

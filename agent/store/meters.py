@@ -1,0 +1,147 @@
+"""Meter SQL: the cached meters, recent events by name (for `meters check`), delivered samples (`verify`).
+
+The meters cache is replaced whole by each pull, in one transaction with the pull time (kv key
+`meters_pulled_at`), so a reader sees the old set or the new one, and can tell "never pulled" from
+"pulled, and Dodo has no meters".
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from agent.store.base import StoreBase
+
+PULLED_AT_KEY = "meters_pulled_at"
+
+# The most recent rows first (id order is enqueue order), bounded so a report never scans the file.
+_RECENT = (
+    "WITH recent AS (SELECT event_id, event_name, enqueued_at, payload FROM dodo_outbox_events "
+    "WHERE enqueued_at >= ? ORDER BY id DESC LIMIT ?) "
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRow:
+    """One cached meter. `filter` is the meter's filter as JSON text (or None)."""
+
+    meter_id: str
+    event_name: str
+    name: str | None
+    aggregation: str | None
+    aggregation_key: str | None
+    filter: str | None
+    pulled_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStats:
+    """How one metadata key looks in the recent events of one name.
+
+    `missing`: events without it; `strings`: events carrying it as a string; `not_numbers`: as a
+    boolean (or anything else but a number). `example_event_id`: one event with any of these problems.
+    """
+
+    key: str
+    missing: int
+    strings: int
+    not_numbers: int
+    example_event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NameStats:
+    """The recent events of one event_name: how many, the latest enqueue time, one example id."""
+
+    event_name: str
+    events: int
+    last_enqueued_us: int
+    example_event_id: str
+    keys: tuple[KeyStats, ...] = ()
+
+
+def metadata_path(key: str) -> str:
+    """The JSON path of a metadata key; quoted, so keys with dots or spaces work."""
+    return "$.metadata." + json.dumps(key)
+
+
+class MetersMixin(StoreBase):
+    """The meters cache and the read-only queries of the meter checks and `verify`."""
+
+    def replace_meters(self, rows: Sequence[MeterRow], now_us: int) -> int:
+        """Replace every cached meter by `rows` and record the pull time, in one transaction."""
+        with self.write() as conn:
+            conn.execute("DELETE FROM dodo_outbox_meters")
+            conn.executemany(
+                "INSERT INTO dodo_outbox_meters (meter_id, event_name, name, aggregation, aggregation_key, "
+                "filter, pulled_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (meter_id) DO UPDATE SET "
+                "event_name = excluded.event_name, name = excluded.name, aggregation = excluded.aggregation, "
+                "aggregation_key = excluded.aggregation_key, filter = excluded.filter",
+                [
+                    (r.meter_id, r.event_name, r.name, r.aggregation, r.aggregation_key, r.filter, now_us)
+                    for r in rows
+                ],
+            )
+            conn.execute(
+                "INSERT INTO dodo_outbox_kv (key, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (PULLED_AT_KEY, str(now_us), now_us),
+            )
+        return len(rows)
+
+    def cached_meters(self) -> list[MeterRow]:
+        """The cached meters, by event name then meter id."""
+        with self.read() as conn:
+            rows = conn.execute(
+                "SELECT meter_id, event_name, name, aggregation, aggregation_key, filter, pulled_at "
+                "FROM dodo_outbox_meters ORDER BY event_name, meter_id"
+            ).fetchall()
+        return [MeterRow(*row) for row in rows]
+
+    def meters_pulled_at_us(self) -> int | None:
+        """When meters were last pulled (microseconds), or None when never."""
+        with self.read() as conn:
+            row = conn.execute("SELECT value FROM dodo_outbox_kv WHERE key = ?", (PULLED_AT_KEY,)).fetchone()
+        return None if row is None or not row[0] else int(row[0])
+
+    def recent_events_by_name(
+        self, since_us: int, keys_by_name: Mapping[str, Sequence[str]], max_rows: int = 100_000
+    ) -> list[NameStats]:
+        """Events enqueued since `since_us` (the latest `max_rows` at most), grouped by event_name,
+        most frequent first; for each name in `keys_by_name`, how its keys look (see KeyStats)."""
+        with self.read() as conn:
+            groups = conn.execute(
+                _RECENT + "SELECT event_name, count(*), max(enqueued_at), max(event_id) FROM recent "
+                "GROUP BY event_name ORDER BY count(*) DESC, event_name",
+                (since_us, max_rows),
+            ).fetchall()
+            result: list[NameStats] = []
+            for name, count, last, example in groups:
+                keys = tuple(
+                    self._key_stats(conn, since_us, max_rows, name, key) for key in keys_by_name.get(name, ())
+                )
+                result.append(NameStats(name, int(count), int(last), example, keys))
+        return result
+
+    @staticmethod
+    def _key_stats(conn: sqlite3.Connection, since_us: int, max_rows: int, name: str, key: str) -> KeyStats:
+        row = conn.execute(
+            _RECENT + "SELECT coalesce(sum(t IS NULL), 0), coalesce(sum(t = 'text'), 0), "
+            "coalesce(sum(t NOT IN ('integer', 'real', 'text')), 0), "
+            "min(CASE WHEN t IS NULL OR t NOT IN ('integer', 'real') THEN event_id END) "
+            "FROM (SELECT event_id, json_type(payload, ?) AS t FROM recent WHERE event_name = ?)",
+            (since_us, max_rows, metadata_path(key), name),
+        ).fetchone()
+        return KeyStats(key, int(row[0]), int(row[1]), int(row[2]), row[3])
+
+    def delivered_sample(self, since_us: int, limit: int) -> list[tuple[str, str, str]]:
+        """Up to `limit` random delivered events settled since `since_us`: (event_id, event_name, payload)."""
+        with self.read() as conn:
+            rows = conn.execute(
+                "SELECT event_id, event_name, payload FROM dodo_outbox_events "
+                "WHERE state = 'delivered' AND settled_at >= ? ORDER BY random() LIMIT ?",
+                (since_us, limit),
+            ).fetchall()
+        return [(str(a), str(b), str(c)) for a, b, c in rows]
