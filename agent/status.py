@@ -1,6 +1,10 @@
 """The status document: one dict that `dodo-outbox status --json` prints and `GET /v1/status` serves.
 
 It reads only the outbox file, so it works whether or not the agent is running.
+
+Public contract (monitoring scripts read these; add keys, never rename): `pending`, `inflight`,
+`delivered`, `dead`, `oldest_pending_age_seconds`, `paused`, `paused_reason`, and since 0.1
+`rates` (per window `5m` / `1h`), `top_dead_reasons` and `delivered_per_minute`.
 """
 
 from __future__ import annotations
@@ -9,18 +13,27 @@ import json
 import time
 from typing import Any
 
-from agent.store import Store
+from agent.store import Store, WindowRates
 
 PAUSE_KEY = "delivery_paused"
+WINDOWS: dict[str, int] = {"5m": 300, "1h": 3600}
+"""The trailing windows rates are reported over: name → seconds."""
+SPARKLINE_MINUTES = 60
+DEFAULT_MAX_BACKLOG_AGE = 1800.0
+"""`status --check` fails past 30 minutes: well before Dodo refuses events older than 1 hour."""
 
 
 def build(store: Store, now: float | None = None) -> dict[str, Any]:
-    """Counts by state, the age of the oldest undelivered event and whether delivery is paused."""
+    """Counts by state, the age of the oldest undelivered event, whether delivery is paused, delivery
+    and success rates over the last 5 minutes and hour, the top dead-letter reasons and events
+    delivered per minute over the last hour (oldest minute first)."""
     now = time.time() if now is None else now
+    now_us = int(now * 1_000_000)
     counts = store.counts()
     oldest = store.oldest_pending_ts_us()
     waiting = store.oldest_pending_enqueued_us()
     paused = read_pause(store)
+    rates = store.window_rates(now_us, tuple(WINDOWS.values()))
     return {
         "outbox": str(store.path),
         **counts,
@@ -30,8 +43,62 @@ def build(store: Store, now: float | None = None) -> dict[str, Any]:
         "paused": paused is not None,
         "paused_reason": None if paused is None else paused.get("reason"),
         "paused_since": None if paused is None else paused.get("since"),
+        "rates": {name: rate_document(r) for name, r in zip(WINDOWS, rates, strict=True)},
+        "top_dead_reasons": [{"reason": r, "count": n} for r, n in store.top_dead_reasons(5)],
+        "delivered_per_minute": store.delivered_per_minute(now_us, SPARKLINE_MINUTES),
         "generated_at": round(now, 3),
     }
+
+
+def rate_document(rates: WindowRates) -> dict[str, Any]:
+    """One window as JSON-ready data; ratios are None when nothing happened in the window."""
+    return {
+        "window_seconds": rates.seconds,
+        "delivered": rates.delivered,
+        "dead": rates.dead,
+        "requests": rates.requests,
+        "requests_ok": rates.requests_ok,
+        "delivered_per_minute": round(rates.delivered * 60 / rates.seconds, 3),
+        "delivery_success_ratio": _ratio(rates.delivery_success_ratio),
+        "request_success_ratio": _ratio(rates.request_success_ratio),
+    }
+
+
+def _ratio(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def check(
+    document: dict[str, Any],
+    *,
+    max_backlog_age: float | None = DEFAULT_MAX_BACKLOG_AGE,
+    max_dead: int | None = None,
+    min_success_rate: float | None = None,
+    window: str = "1h",
+) -> list[str]:
+    """The thresholds a status document crosses, one sentence each; empty when all is well.
+
+    A paused delivery always fails. `min_success_rate` applies to the delivery success ratio of
+    `window`; a window in which nothing settled passes (no evidence of failure).
+    """
+    failures: list[str] = []
+    age = document.get("oldest_pending_age_seconds")
+    if max_backlog_age is not None and age is not None and age > max_backlog_age:
+        failures.append(
+            f"oldest undelivered event is {age:.0f}s old, above --max-backlog-age {max_backlog_age:g}s "
+            "(Dodo refuses timestamps older than 1 hour)"
+        )
+    if max_dead is not None and document["dead"] > max_dead:
+        failures.append(f"{document['dead']} dead-lettered events, above --max-dead {max_dead}")
+    ratio = document["rates"][window]["delivery_success_ratio"]
+    if min_success_rate is not None and ratio is not None and ratio < min_success_rate:
+        failures.append(
+            f"delivery success rate over {window} is {ratio:.2%}, below --min-success-rate "
+            f"{min_success_rate:g}"
+        )
+    if document["paused"]:
+        failures.append(f"delivery is paused: {document['paused_reason']}")
+    return failures
 
 
 def read_pause(store: Store) -> dict[str, Any] | None:
@@ -43,7 +110,14 @@ def read_pause(store: Store) -> dict[str, Any] | None:
     return value or None
 
 
-def write_pause(store: Store, reason: str | None, now: float) -> None:
-    """Record (reason) or clear (None) the delivery pause, for `status` in any process."""
-    value = "" if reason is None else json.dumps({"reason": reason, "since": round(now, 3)})
+def write_pause(store: Store, reason: str | None, now: float, kind: str | None = None) -> None:
+    """Record (reason) or clear (None) the delivery pause, for `status` in any process.
+
+    `kind` is a short code (`auth`, `not_found`) that becomes the `reason` label of the
+    `dodo_outbox_delivery_paused` metric; `reason` is the sentence shown to people.
+    """
+    record: dict[str, Any] = {"reason": reason, "since": round(now, 3)}
+    if kind is not None:
+        record["kind"] = kind
+    value = "" if reason is None else json.dumps(record)
     store.kv_set(PAUSE_KEY, value, int(now * 1_000_000))

@@ -1,4 +1,4 @@
-"""Core commands: enqueue, status, events show, config check."""
+"""Core commands: enqueue, events show, config check (status lives in agent/cli/ops.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
 
 from agent import config as config_module
-from agent import status as status_module
 from agent.cli import common
-from agent.errors import EventConflictError, Problem
+from agent.errors import EventConflictError, InvalidEventError, Problem
 from agent.events import Event, check_event
 from agent.intake.files import ParseProblem, read_records
 from agent.outbox import Outbox
@@ -107,6 +106,11 @@ def _chunks(stream: IO[bytes], now: float) -> Iterator[tuple[list[Event], list[P
 def _store(outbox: Outbox, chunk: list[Event], summary: dict[str, Any], problems: list[Problem]) -> None:
     try:
         result = outbox.enqueue_validated(chunk)
+    except InvalidEventError as exc:
+        # strict_meters: the chunk holds events no meter would bill; none of it was stored.
+        problems.extend(exc.problems)
+        summary["refused"] += len(chunk)
+        return
     except EventConflictError as exc:
         # One conflicting event must not block the rest of the chunk: store the others.
         conflicting = set(exc.event_ids)
@@ -125,35 +129,6 @@ def _store(outbox: Outbox, chunk: list[Event], summary: dict[str, Any], problems
     summary["late"] += len(result.late)
     for warning in result.warnings:
         common.err.print(f"warning: {warning}", markup=False)
-
-
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
-@common.outbox_option
-def status(as_json: bool, config_path: Path | None, outbox_path: Path | None) -> None:
-    """Show the outbox: events by state, the oldest undelivered event, whether delivery is paused.
-
-    Reads the outbox file, so it works whether or not the agent is running.
-
-    \b
-    Example:
-      dodo-outbox status
-      dodo-outbox status --json | jq .pending
-    """
-    with common.open_store(config_path, outbox_path) as store:
-        document = status_module.build(store)
-    if as_json:
-        common.print_json(document)
-        return
-    out = common.out
-    out.print(f"outbox      {document['outbox']}")
-    out.print(
-        f"pending     {document['pending']}   inflight {document['inflight']}   "
-        f"delivered {document['delivered']}   dead {document['dead']}"
-    )
-    out.print(f"oldest undelivered event  {common.human_age(document['oldest_pending_age_seconds'])} old")
-    if document["paused"]:
-        out.print(f"[red]delivery paused[/red]: {document['paused_reason']}")
 
 
 @click.group()
@@ -248,4 +223,4 @@ def config_check(as_json: bool, config_path: Path | None) -> None:
                 common.out.print(f"  {key} = {value!r}", markup=False, highlight=False)
 
 
-COMMANDS: list[click.Command] = [enqueue, status, events, config_group]
+COMMANDS: list[click.Command] = [enqueue, events, config_group]

@@ -1,0 +1,41 @@
+"""Durations and points in time as operators type them: `7d`, `12h`, `30m`, `1h30m`, or ISO 8601.
+
+Shared by the CLI (`dlq purge --older-than 7d`, `dlq list --since 2h`) and the HTTP `/v1/dlq` routes.
+No I/O, no clock: callers pass `now`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_duration(text: str) -> float:
+    """`45s`, `30m`, `12h`, `7d`, `2w` or a sequence such as `1h30m`, in seconds.
+
+    Raises ValueError naming the accepted forms.
+    """
+    compact = text.strip().lower()
+    parts = _PART.findall(compact)
+    if not parts or "".join(n + u for n, u in parts) != compact:
+        raise ValueError(f"{text!r} is not a duration; use e.g. 7d, 12h, 30m or 1h30m")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def parse_since(text: str, now: float) -> int:
+    """A duration ago (`2h`: since two hours before `now`) or an ISO 8601 date-time (naive = UTC),
+    as microseconds since the epoch. Raises ValueError."""
+    try:
+        return int((now - parse_duration(text)) * 1_000_000)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r}: use a duration (2h, 7d) or a date-time (2026-01-31T12:00:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1_000_000)

@@ -1,0 +1,349 @@
+"""Operator SQL: the dead-letter queue, retention and the windows status and metrics report.
+
+Dead rows leave the dead state in exactly two ways: `replay` (dead → pending) and `purge_dead` (the
+only DELETE of a dead row). Both are guarded by `state = 'dead'`, work in chunks of one transaction
+each (so the agent's writers interleave and a progress bar can advance) and return how many rows
+moved, so a caller never reports work that did not happen.
+
+Restamp on replay (a decision): an event past Dodo's 1-hour window gets its timestamp rewritten to
+the replay time, is flagged `stamped` (the timestamp is the agent's, not content, so the original
+event enqueued again still counts as a duplicate, not a conflict) and `restamped`, and its original
+timestamp is kept in `last_error`. We rewrite rather than store a payload without a timestamp because
+the stored payload stays canonical (timestamp last) for the delivery engine, which splices stored
+payloads and cuts timestamps by suffix; the effect for Dodo is the same as an omitted timestamp
+(server time), give or take the time the event waits in the queue.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from agent.events import format_timestamp, strip_timestamp
+from agent.store.base import StoreBase
+from agent.store.ops import _ROW_COLUMNS, EventRecord, record_from_row
+
+CHUNK_ROWS = 5000
+"""Rows per transaction for prune and purge: a short write lock, so intake never waits long."""
+REPLAY_CHUNK = 500
+VACUUM_PAGES = 2000
+"""Pages handed back per incremental_vacuum transaction."""
+_US_PER_MINUTE = 60_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class DeadFilter:
+    """Which dead rows an operation applies to. Exactly one of `event_ids`, `reason`, `all` selects;
+    `since_us` (settled at or after) narrows any of them. An empty filter selects nothing."""
+
+    event_ids: tuple[str, ...] = ()
+    reason: str | None = None
+    all: bool = False
+    since_us: int | None = None
+
+    def where(self) -> tuple[str, list[object]]:
+        """The SQL condition (always including `state = 'dead'`) and its parameters."""
+        clauses: list[str] = ["state = 'dead'"]
+        params: list[object] = []
+        if self.event_ids:
+            clauses.append(f"event_id IN ({','.join('?' * len(self.event_ids))})")
+            params.extend(self.event_ids)
+        elif self.reason is not None:
+            clauses.append("reason = ?")
+            params.append(self.reason)
+        elif not self.all:
+            clauses.append("0")
+        if self.since_us is not None:
+            clauses.append("settled_at >= ?")
+            params.append(self.since_us)
+        return " AND ".join(clauses), params
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayChunk:
+    """One committed replay step: rows moved dead → pending, and how many of them were restamped."""
+
+    moved: int
+    restamped: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRates:
+    """Delivery over one trailing window. `delivered` and the request counts come from the request
+    log (it outlives delivered rows pruned by retention); `dead` counts rows still dead that died in
+    the window (dead rows are kept until purged, and include events dead-lettered without a request)."""
+
+    seconds: int
+    delivered: int
+    dead: int
+    requests: int
+    requests_ok: int
+
+    @property
+    def delivery_success_ratio(self) -> float | None:
+        """delivered / (delivered + dead), or None when nothing settled in the window."""
+        total = self.delivered + self.dead
+        return None if total == 0 else self.delivered / total
+
+    @property
+    def request_success_ratio(self) -> float | None:
+        """2xx requests / all requests, or None when no request was made in the window."""
+        return None if self.requests == 0 else self.requests_ok / self.requests
+
+
+@dataclass(frozen=True, slots=True)
+class FileStats:
+    """The outbox file's page accounting (`freelist_count` pages are free, reusable or reclaimable)."""
+
+    page_size: int
+    page_count: int
+    freelist_count: int
+
+    @property
+    def size_bytes(self) -> int:
+        return self.page_size * self.page_count
+
+    @property
+    def free_bytes(self) -> int:
+        return self.page_size * self.freelist_count
+
+
+def restamped_payload(payload: str, now_us: int) -> str:
+    """`payload` with its timestamp replaced by `now_us` (canonical: the timestamp stays last)."""
+    moment = datetime.fromtimestamp(now_us / 1_000_000, UTC)
+    return strip_timestamp(payload)[:-1] + f',"timestamp":"{format_timestamp(moment)}"}}'
+
+
+class DlqMixin(StoreBase):
+    """Dead-letter queue operations, retention and delivery windows."""
+
+    # -- the dead-letter queue -------------------------------------------------------------------
+
+    def dead_rows(self, where: DeadFilter, limit: int = 100, after_id: int = 0) -> list[EventRecord]:
+        """Up to `limit` dead rows matching `where` with id > `after_id`, oldest first (keyset paging:
+        pass the last row's id to get the next page)."""
+        condition, params = where.where()
+        with self.read() as conn:
+            rows = conn.execute(
+                f"SELECT {_ROW_COLUMNS} FROM dodo_outbox_events WHERE {condition} AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (*params, after_id, limit),
+            ).fetchall()
+        return [record_from_row(row) for row in rows]
+
+    def iter_dead(self, where: DeadFilter, chunk: int = 1000) -> Iterator[EventRecord]:
+        """Every dead row matching `where`, oldest first, read a page at a time (for export)."""
+        after = 0
+        while True:
+            page = self.dead_rows(where, chunk, after)
+            yield from page
+            if len(page) < chunk:
+                return
+            after = page[-1].id
+
+    def count_dead(self, where: DeadFilter, older_than_us: int | None = None) -> int:
+        """How many dead rows match (and, with `older_than_us`, died before it): dry runs and totals."""
+        condition, params = where.where()
+        if older_than_us is not None:
+            condition += " AND settled_at < ?"
+            params.append(older_than_us)
+        with self.read() as conn:
+            row = conn.execute(f"SELECT count(*) FROM dodo_outbox_events WHERE {condition}", params)
+            return int(row.fetchone()[0])
+
+    def count_late(self, where: DeadFilter, ts_before_us: int) -> int:
+        """How many matching dead rows have an event time before `ts_before_us` (would be restamped)."""
+        condition, params = where.where()
+        with self.read() as conn:
+            row = conn.execute(
+                f"SELECT count(*) FROM dodo_outbox_events WHERE {condition} AND ts < ?",
+                (*params, ts_before_us),
+            )
+            return int(row.fetchone()[0])
+
+    def replay(
+        self,
+        where: DeadFilter,
+        now_us: int,
+        restamp_before_us: int | None = None,
+        chunk: int = REPLAY_CHUNK,
+    ) -> Iterator[ReplayChunk]:
+        """Move matching dead rows back to pending, due now, attempts reset; one transaction per chunk.
+
+        With `restamp_before_us`, rows whose event time is before it get the replay time as their
+        timestamp (see the module docstring). Yields one ReplayChunk per committed chunk; stop
+        iterating to stop replaying (committed chunks stay replayed).
+        """
+        condition, params = where.where()
+        after = 0
+        while True:
+            with self.write() as conn:
+                rows = conn.execute(
+                    f"SELECT id, ts, payload, reason, http_status FROM dodo_outbox_events "
+                    f"WHERE {condition} AND id > ? ORDER BY id LIMIT ?",
+                    (*params, after, chunk),
+                ).fetchall()
+                if not rows:
+                    return
+                after = rows[-1][0]
+                step = _replay_rows(conn, rows, now_us, restamp_before_us)
+            yield step
+            if len(rows) < chunk:
+                return
+
+    def purge_dead(self, older_than_us: int, reason: str | None = None, chunk: int = CHUNK_ROWS) -> int:
+        """Delete dead rows that died before `older_than_us` (optionally of one reason only).
+
+        The only DELETE of dead rows. Returns how many were deleted.
+        """
+        extra, params = ("AND reason = ? ", [reason]) if reason is not None else ("", [])
+        return self._delete_chunks(
+            "DELETE FROM dodo_outbox_events WHERE state = 'dead' AND id IN (SELECT id FROM "
+            "dodo_outbox_events WHERE state = 'dead' AND settled_at < ? " + extra + "LIMIT ?)",
+            [older_than_us, *params],
+            chunk,
+        )
+
+    def top_dead_reasons(self, limit: int = 5) -> list[tuple[str, int]]:
+        """The commonest dead-letter reasons, most rows first: [(reason, rows), ...]."""
+        with self.read() as conn:
+            rows = conn.execute(
+                "SELECT coalesce(reason, 'unknown'), count(*) FROM dodo_outbox_events "
+                "WHERE state = 'dead' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(str(reason), int(n)) for reason, n in rows]
+
+    # -- retention -------------------------------------------------------------------------------
+
+    def prune_delivered(self, settled_before_us: int, chunk: int = CHUNK_ROWS, max_chunks: int = 200) -> int:
+        """Delete delivered rows settled before the cutoff, `chunk` per transaction, at most
+        `max_chunks` transactions per call (the next run continues). Returns rows deleted."""
+        return self._delete_chunks(
+            "DELETE FROM dodo_outbox_events WHERE state = 'delivered' AND id IN (SELECT id FROM "
+            "dodo_outbox_events WHERE state = 'delivered' AND settled_at < ? LIMIT ?)",
+            [settled_before_us],
+            chunk,
+            max_chunks,
+        )
+
+    def prune_requests(self, before_us: int, chunk: int = CHUNK_ROWS, max_chunks: int = 200) -> int:
+        """Delete request-log rows older than the cutoff, in chunks like `prune_delivered`."""
+        return self._delete_chunks(
+            "DELETE FROM dodo_outbox_requests WHERE id IN (SELECT id FROM dodo_outbox_requests "
+            "WHERE at < ? LIMIT ?)",
+            [before_us],
+            chunk,
+            max_chunks,
+        )
+
+    def _delete_chunks(self, sql: str, params: Sequence[object], chunk: int, max_chunks: int = 0) -> int:
+        deleted = done = 0
+        while not max_chunks or done < max_chunks:
+            with self.write() as conn:
+                moved = conn.execute(sql, (*params, chunk)).rowcount
+            deleted += moved
+            done += 1
+            if moved < chunk:
+                break
+        return deleted
+
+    def file_stats(self) -> FileStats:
+        """Page size, page count and free pages of the outbox file."""
+        with self.read() as conn:
+            size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            count = int(conn.execute("PRAGMA page_count").fetchone()[0])
+            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        return FileStats(size, count, free)
+
+    def incremental_vacuum(self, max_pages: int = 100_000, step: int = VACUUM_PAGES) -> int:
+        """Hand free pages back to the file system, `step` pages per transaction; returns pages freed.
+
+        Works on files created with auto_vacuum = INCREMENTAL (every outbox this version creates);
+        on older files it frees nothing and returns 0.
+        """
+        freed = 0
+        while freed < max_pages:
+            before = self.file_stats().freelist_count
+            if before == 0:
+                break
+            with self.write() as conn:
+                # Each result row is one freed page: the pragma only runs to the end when fetched.
+                conn.execute(f"PRAGMA incremental_vacuum({int(min(step, max_pages - freed))})").fetchall()
+            gone = before - self.file_stats().freelist_count
+            if gone <= 0:
+                break
+            freed += gone
+        return freed
+
+    # -- windows for status and metrics ---------------------------------------------------------
+
+    def window_rates(self, now_us: int, windows: Sequence[int] = (300, 3600)) -> list[WindowRates]:
+        """Delivered, dead and requests (all and 2xx) over each trailing window of seconds."""
+        found: list[WindowRates] = []
+        with self.read() as conn:
+            for seconds in windows:
+                since = now_us - seconds * 1_000_000
+                delivered, requests, ok = conn.execute(
+                    "SELECT coalesce(sum(delivered), 0), count(*), "
+                    "coalesce(sum(status BETWEEN 200 AND 299), 0) FROM dodo_outbox_requests WHERE at >= ?",
+                    (since,),
+                ).fetchone()
+                dead = conn.execute(
+                    "SELECT count(*) FROM dodo_outbox_events WHERE state = 'dead' AND settled_at >= ?",
+                    (since,),
+                ).fetchone()[0]
+                found.append(WindowRates(seconds, int(delivered), int(dead), int(requests), int(ok)))
+        return found
+
+    def delivered_per_minute(self, now_us: int, minutes: int = 60) -> list[int]:
+        """Events delivered in each of the last `minutes` minutes, oldest first (the sparkline)."""
+        start = now_us - minutes * _US_PER_MINUTE
+        buckets = [0] * minutes
+        with self.read() as conn:
+            for bucket, delivered in conn.execute(
+                "SELECT (at - ?) / ?, sum(delivered) FROM dodo_outbox_requests WHERE at >= ? GROUP BY 1",
+                (start, _US_PER_MINUTE, start),
+            ):
+                buckets[min(int(bucket), minutes - 1)] += int(delivered or 0)
+        return buckets
+
+
+def _replay_rows(
+    conn: sqlite3.Connection,
+    rows: Sequence[tuple[int, int, str, str | None, int | None]],
+    now_us: int,
+    restamp_before_us: int | None,
+) -> ReplayChunk:
+    plain: list[tuple[object, ...]] = []
+    stamped: list[tuple[object, ...]] = []
+    for row_id, ts, payload, reason, status in rows:
+        was = f"replayed from the dead-letter queue; was: {reason or 'unknown'}"
+        was += f" (HTTP {status})" if status is not None else ""
+        if restamp_before_us is not None and ts < restamp_before_us:
+            try:
+                new_payload = restamped_payload(payload, now_us)
+            except ValueError:
+                plain.append((was, row_id))  # not canonical: replay as stored, Dodo decides
+                continue
+            original = format_timestamp(datetime.fromtimestamp(ts / 1_000_000, UTC))
+            stamped.append((new_payload, now_us, f"{was}; restamped, original timestamp {original}", row_id))
+        else:
+            plain.append((was, row_id))
+    reset = (
+        "state = 'pending', attempts = 0, next_attempt_at = 0, lease_until = NULL, lease_owner = NULL, "
+        "settled_at = NULL, reason = NULL, http_status = NULL, response = NULL"
+    )
+    before = conn.total_changes
+    conn.executemany(
+        f"UPDATE dodo_outbox_events SET {reset}, last_error = ? WHERE state = 'dead' AND id = ?", plain
+    )
+    middle = conn.total_changes
+    conn.executemany(
+        f"UPDATE dodo_outbox_events SET {reset}, payload = ?, ts = ?, stamped = 1, restamped = 1, "
+        "last_error = ? WHERE state = 'dead' AND id = ?",
+        stamped,
+    )
+    return ReplayChunk(conn.total_changes - before, conn.total_changes - middle)

@@ -1,0 +1,70 @@
+"""Builders for outbox rows in a chosen state, for the operations tests (dlq, status, metrics, retention).
+
+Rows are made through the store's own transitions (insert → claim → mark_*), so they look exactly like
+rows the worker leaves behind. Claims take every due pending row: add pending rows last.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from agent.events import Event, validate_many
+from agent.store import Store
+
+US = 1_000_000
+NOW = time.time()
+OWNER = "ops-test"
+
+
+def us(seconds: float) -> int:
+    return int(seconds * US)
+
+
+def evs(ids: list[str], ts: float, **metadata: Any) -> list[Event]:
+    """Events stamped at `ts` (no timestamp given: validation stamps them `ts`)."""
+    raws = [
+        {"event_id": i, "customer_id": "cus_1", "event_name": "api.call", "metadata": metadata or None}
+        for i in ids
+    ]
+    return validate_many(raws, ts)
+
+
+def add_pending(
+    store: Store, ids: list[str], *, now: float = NOW, ts: float | None = None, **meta: Any
+) -> None:
+    store.insert_groups([(evs(ids, now if ts is None else ts, **meta), "cli")], us(now))
+
+
+def _claim(store: Store, ids: list[str], now: float) -> list[int]:
+    claimed = store.claim(us(now), 1000, 1 << 30, 60 * US, OWNER)
+    assert sorted(c.event_id for c in claimed) == sorted(ids), "add pending rows last"
+    return [c.id for c in claimed]
+
+
+def add_dead(
+    store: Store,
+    ids: list[str],
+    *,
+    now: float = NOW,
+    ts: float | None = None,
+    reason: str = "rejected",
+    status: int | None = 400,
+    response: str = '{"code":"BAD_REQUEST","message":"metadata.note too long"}',
+    **meta: Any,
+) -> None:
+    add_pending(store, ids, now=now, ts=ts, **meta)
+    assert store.mark_dead(_claim(store, ids, now), OWNER, us(now), reason, status, response) == len(ids)
+
+
+def add_delivered(
+    store: Store, ids: list[str], *, now: float = NOW, ts: float | None = None, **meta: Any
+) -> None:
+    add_pending(store, ids, now=now, ts=ts, **meta)
+    assert store.mark_delivered(_claim(store, ids, now), OWNER, us(now)) == len(ids)
+
+
+def state_of(store: Store, event_id: str) -> str:
+    record = store.get(event_id)
+    assert record is not None
+    return record.state
