@@ -16,10 +16,15 @@ from agent.events import Event, same_content
 from agent.store import schema
 from agent.store.base import RESPONSE_EXCERPT_CHARS, StoreBase
 
-_INSERT = (
+_INSERT_HEAD = (
     "INSERT INTO dodo_outbox_events (event_id, event_name, ts, payload, stamped, source, enqueued_at, "
-    "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (event_id) DO NOTHING"
+    "next_attempt_at) VALUES "
 )
+_INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, 0)"
+_ON_CONFLICT = " ON CONFLICT (event_id) DO NOTHING"
+_MAX_ROWS_PER_INSERT = 128
+"""7 parameters a row: 896, under the 999 variables of the oldest SQLite builds."""
+_insert_sql: dict[int, str] = {}
 
 CLAIM_SQL = (
     "SELECT id, event_id, ts, payload, attempts, enqueued_at FROM dodo_outbox_events "
@@ -51,8 +56,31 @@ def _rows(events: Sequence[Event], source: str, now_us: int) -> list[tuple[objec
     return [(e.event_id, e.event_name, e.ts_us, e.payload, int(e.stamped), source, now_us) for e in events]
 
 
+def _insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+    """INSERT rows with multi-row VALUES statements, in power-of-two sizes up to _MAX_ROWS_PER_INSERT.
+
+    Measured against executemany: 1000 rows insert in half the time, and a statement is one GIL
+    release instead of one per row. The second matters most: a group-commit leader that re-takes the GIL
+    after every row waits behind every thread busy validating, and its commit (so every waiter) slows
+    down. Power-of-two sizes keep the distinct statements to eight, all in the statement cache.
+    """
+    start, total = 0, len(rows)
+    while start < total:
+        size = min(_MAX_ROWS_PER_INSERT, 1 << ((total - start).bit_length() - 1))
+        sql = _insert_sql.get(size)
+        if sql is None:
+            sql = _insert_sql[size] = _INSERT_HEAD + ",".join([_INSERT_ROW] * size) + _ON_CONFLICT
+        if size == 1:
+            conn.execute(sql, rows[start])
+        else:
+            conn.execute(sql, [value for row in rows[start : start + size] for value in row])
+        start += size
+
+
 def _dedupe(events: Sequence[Event]) -> tuple[list[Event], list[str], list[str]]:
     """Drop repeats inside one call: same content is a duplicate, different content a conflict."""
+    if len(events) == 1:
+        return list(events), [], []
     seen: dict[str, Event] = {}
     unique: list[Event] = []
     dupes: list[str] = []
@@ -75,18 +103,30 @@ def insert_on(conn: sqlite3.Connection, events: Sequence[Event], source: str, no
     Raises EventConflictError, leaving the caller to roll back, when an event_id is stored (or repeated
     in `events`) with different content.
     """
-    unique, dupes, conflicts = _dedupe(events)
-    if conflicts:
-        raise EventConflictError(conflicts)
-    first_new_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM dodo_outbox_events").fetchone()[0]) + 1
-    before = conn.total_changes
-    conn.executemany(_INSERT, _rows(unique, source, now_us))
-    result = InsertResult(duplicates=dupes)
-    if conn.total_changes - before == len(unique):
-        result.new = [e.event_id for e in unique]
-        return result
-    # Some were already stored: rows of this call have ids past the old maximum; for the others, tell
-    # a duplicate (same content) from a conflict.
+    if len(events) == 1:
+        # One event (the library's per-event call): nothing to dedupe, one row, one statement.
+        unique, dupes, conflicts = [events[0]], list[str](), list[str]()
+        before = conn.total_changes
+        conn.execute(_INSERT_HEAD + _INSERT_ROW + _ON_CONFLICT, _rows(unique, source, now_us)[0])
+    else:
+        unique, dupes, conflicts = _dedupe(events)
+        if conflicts:
+            raise EventConflictError(conflicts)
+        before = conn.total_changes
+        _insert_rows(conn, _rows(unique, source, now_us))
+    inserted = conn.total_changes - before
+    if inserted == len(unique):
+        # The common case: every event is new. No extra query (this is the hot path of enqueue).
+        return InsertResult([e.event_id for e in unique], dupes)
+    result = InsertResult([], dupes)
+    # Some were already stored. The rows this call inserted took consecutive ids ending at
+    # last_insert_rowid(): an INTEGER PRIMARY KEY appends at max(id) + 1, nothing else writes the
+    # table during one executemany, and DO NOTHING leaves last_insert_rowid alone. So a stored id at
+    # or past the first of them is new; for the others, tell a duplicate (same content) from a conflict.
+    # (Reading max(id) before the insert would cost every call a query for this rare case.)
+    first_new_id = 1 << 63
+    if inserted:
+        first_new_id = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0]) - inserted + 1
     stored: dict[str, tuple[int, str, int]] = {}
     ids = [e.event_id for e in unique]
     for start in range(0, len(ids), 500):
@@ -110,6 +150,31 @@ def insert_on(conn: sqlite3.Connection, events: Sequence[Event], source: str, no
     return result
 
 
+class _NotAllNew(Exception):
+    """Raised inside the fast path's transaction to roll it back (some event was not new)."""
+
+
+def _insert_all_new(
+    conn: sqlite3.Connection, groups: Sequence[tuple[Sequence[Event], str]], now_us: int
+) -> list[InsertResult | EventConflictError]:
+    """Group commit's fast path: every row of every group in one INSERT, in the open transaction.
+
+    Returns the results when every event was new (the common case). Otherwise raises _NotAllNew, for
+    the caller to roll the transaction back and store group by group. No savepoint: each statement
+    the leader runs is a GIL hand-off among threads that are all waiting on this commit.
+    """
+    rows: list[tuple[object, ...]] = []
+    for events, source in groups:
+        if len(events) > 1 and len({e.event_id for e in events}) != len(events):
+            raise _NotAllNew  # repeats inside a call: the per-group path sorts them out
+        rows.extend(_rows(events, source, now_us))
+    before = conn.total_changes
+    _insert_rows(conn, rows)
+    if conn.total_changes - before != len(rows):
+        raise _NotAllNew
+    return [InsertResult(new=[e.event_id for e in events]) for events, _ in groups]
+
+
 class QueueMixin(StoreBase):
     """Enqueue, claim and settle."""
 
@@ -123,6 +188,19 @@ class QueueMixin(StoreBase):
         other groups are stored. Returns after COMMIT.
         Raises OutboxFullError (disk full) or OutboxError for the whole transaction.
         """
+        if len(groups) == 1:
+            # One call alone (the single-thread case): its transaction is its atomicity, no savepoint.
+            events, source = groups[0]
+            try:
+                with self.write() as conn:
+                    return [insert_on(conn, events, source, now_us)]
+            except EventConflictError as exc:  # write() rolled the transaction back
+                return [exc]
+        try:
+            with self.write() as conn:
+                return _insert_all_new(conn, groups, now_us)
+        except _NotAllNew:  # write() rolled the attempt back; store group by group instead
+            pass
         results: list[InsertResult | EventConflictError] = []
         with self.write() as conn:
             for group, source in groups:
@@ -147,7 +225,8 @@ class QueueMixin(StoreBase):
             chosen: list[Claimed] = []
             size = 0
             for row_id, event_id, ts, payload, attempts, enqueued in rows:
-                size += len(payload) + 1
+                # Bytes, not characters: batch_max_bytes bounds the UTF-8 body.
+                size += (len(payload) if payload.isascii() else len(payload.encode())) + 1
                 if chosen and size > max_bytes:
                     break
                 chosen.append(Claimed(row_id, event_id, ts, payload, attempts + 1, enqueued))

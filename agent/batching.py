@@ -1,0 +1,77 @@
+"""A claimed batch, ready to send: the late-event policy applied, payloads spliced as stored.
+
+Pure apart from the clock value it is given: no I/O. ``agent.settle`` sends and settles what
+:func:`prepare` returns; ``agent.worker`` dead-letters the expired rows it hands back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from agent.config import DeliverySettings
+from agent.events import strip_timestamp
+from agent.store import Claimed
+
+US = 1_000_000
+
+
+@dataclass
+class Counts:
+    """What one batch (or one drain) did. ``sent`` counts HTTP requests, the rest count events."""
+
+    sent: int = 0
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+    restamped: int = 0
+    duplicates_ignored: int = 0
+
+    def add(self, other: Counts) -> None:
+        for f in fields(Counts):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class Batch:
+    """One claimed batch, ready to send: rows in claim order, the payload each sends, and the ids of
+    rows sent without their (too old) timestamp."""
+
+    rows: list[Claimed]
+    payloads: list[str]
+    restamped: frozenset[int] = frozenset()
+    batch_id: str = ""
+    counts: Counts = field(default_factory=Counts)
+
+    def swap(self, i: int, j: int) -> None:
+        """Exchange two rows (and their payloads): the order inside a request does not matter."""
+        self.rows[i], self.rows[j] = self.rows[j], self.rows[i]
+        self.payloads[i], self.payloads[j] = self.payloads[j], self.payloads[i]
+
+
+def prepare(
+    rows: list[Claimed], now: float, settings: DeliverySettings, batch_id: str
+) -> tuple[Batch, list[Claimed]]:
+    """Apply the late-event policy to claimed rows; return the batch to send and the expired rows.
+
+    A row is late when its event time is older than ``window_seconds - late_margin_seconds`` at
+    ``now``. Under ``restamp`` it is sent without its timestamp (Dodo stamps it on receipt); under
+    ``dead_letter`` it is returned as expired and left out of the batch (the caller dead-letters it).
+    """
+    # is_late(ts) <=> now > ts + window - margin <=> ts < now - (window - margin)
+    cutoff_us = int((now - settings.window_seconds + settings.late_margin_seconds) * US)
+    payloads = [row.payload for row in rows]
+    late = [i for i, row in enumerate(rows) if row.ts_us < cutoff_us]
+    if not late:
+        return Batch(rows, payloads, batch_id=batch_id), []
+    if settings.late_events == "dead_letter":
+        gone = set(late)
+        keep = [row for i, row in enumerate(rows) if i not in gone]
+        return Batch(keep, [row.payload for row in keep], batch_id=batch_id), [rows[i] for i in late]
+    restamped: set[int] = set()
+    for i in late:
+        try:
+            payloads[i] = strip_timestamp(payloads[i])
+            restamped.add(rows[i].id)
+        except ValueError:
+            pass  # not canonical: send it as stored; Dodo's answer decides (bisection isolates it)
+    return Batch(rows, payloads, frozenset(restamped), batch_id), []
