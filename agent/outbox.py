@@ -18,10 +18,12 @@ from types import TracebackType
 from typing import Any
 
 from agent.errors import EventConflictError, InvalidEventError, OutboxError, OutboxFullError, Problem
-from agent.events import Event, duplicate_ids, validate_many
+from agent.events import Event, check_event, duplicate_ids, validate_many
 from agent.store import InsertResult, Store, StoreOptions, insert_in_transaction
 
 Listener = Callable[["EnqueueResult"], None]
+Checker = Callable[[Sequence[Event]], Sequence[Problem]]
+"""Called with validated events before they are stored: returns warnings, or raises to refuse them."""
 
 
 @dataclass
@@ -46,7 +48,14 @@ class EnqueueResult:
 
 
 class _Pending:
-    __slots__ = ("done", "error", "events", "result", "source")
+    """One enqueue call in the group-commit queue.
+
+    `wake` is None for a call that leads at once. A call that has to wait gets a lock that is held
+    from the start; its thread blocks acquiring it, and the leader releases it once the call is settled
+    (`done`) or to promote the call to lead the next batch.
+    """
+
+    __slots__ = ("done", "error", "events", "result", "source", "wake")
 
     def __init__(self, events: Sequence[Event], source: str) -> None:
         self.events = events
@@ -54,6 +63,7 @@ class _Pending:
         self.result: InsertResult | None = None
         self.error: BaseException | None = None
         self.done = False
+        self.wake: threading.Lock | None = None
 
 
 class Outbox:
@@ -69,19 +79,25 @@ class Outbox:
         *,
         synchronous: str = "full",
         max_events: int | None = None,
+        max_bytes: int = 0,
         source: str = "library",
         clock: Callable[[], float] = time.time,
         store: Store | None = None,
+        checker: Checker | None = None,
     ) -> None:
         self.store = store or Store(path, StoreOptions(synchronous=synchronous))
         self.path = self.store.path
         self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._used_bytes = 0
         self.source = source
         self._clock = clock
         self._queue: list[_Pending] = []
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
+        self._leading = False  # a leader is committing; guarded by _queue_lock
         self._listeners: list[Listener] = []
+        self.checker = checker
         self._backlog = 0
         self._backlog_checked = -1.0
 
@@ -95,6 +111,7 @@ class Outbox:
         settings = config_module.load(config)
         kwargs.setdefault("synchronous", settings.outbox.synchronous)
         kwargs.setdefault("max_events", settings.outbox.max_events)
+        kwargs.setdefault("max_bytes", settings.outbox.max_bytes)
         return cls(path or settings.outbox_path, **kwargs)
 
     def __enter__(self) -> Outbox:
@@ -109,6 +126,10 @@ class Outbox:
         """Close the file. Calls in progress finish first."""
         with self._commit_lock:
             self.store.close()
+
+    def set_checker(self, checker: Checker | None) -> None:
+        """Run `checker(events)` on every enqueue before storing (the meter checks); None removes it."""
+        self.checker = checker
 
     def add_listener(self, listener: Listener) -> None:
         """Call `listener(result)` after each committed enqueue (the running agent wakes its worker)."""
@@ -127,7 +148,12 @@ class Outbox:
         transactional outbox: it commits or rolls back with the caller's own change).
         Raises InvalidEventError, EventConflictError, OutboxFullError.
         """
-        return self.enqueue_many([event], conn=conn, source=source, path="event")
+        # The same as enqueue_many([event], path="event"), without its list and loop: this is the
+        # per-event hot path of the library.
+        checked, problems = check_event(event, self._clock(), "event[0]")
+        if checked is None:
+            raise InvalidEventError(problems)
+        return self.enqueue_validated([checked], conn=conn, source=source)
 
     def enqueue_many(
         self,
@@ -152,6 +178,7 @@ class Outbox:
         source = source or self.source
         if not events:
             return EnqueueResult(source=source)
+        checked = list(self.checker(events)) if self.checker is not None else []
         now_us = int(self._clock() * 1_000_000)
         if conn is not None:
             inserted = insert_in_transaction(conn, events, source, now_us)
@@ -161,7 +188,7 @@ class Outbox:
         result = EnqueueResult(
             new=inserted.new,
             duplicates=inserted.duplicates,
-            warnings=[w for e in events for w in e.warnings],
+            warnings=[w for e in events for w in e.warnings] + checked,
             late=[e.event_id for e in events if e.late],
             source=source,
         )
@@ -172,18 +199,72 @@ class Outbox:
         return result
 
     def _group_commit(self, events: Sequence[Event], source: str, now_us: int) -> InsertResult:
-        item = _Pending(events, source)
+        item: _Pending | None = None
         with self._queue_lock:
-            self._queue.append(item)
-        with self._commit_lock:
-            if not item.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._commit(batch, now_us)
+            # The queue holds calls only while a leader commits. With none, this call leads at once:
+            # one thread alone pays one commit per call, with no hand-off to another thread.
+            if self._leading:
+                item = _Pending(events, source)
+                item.wake = threading.Lock()
+                item.wake.acquire()
+                self._queue.append(item)
+            else:
+                self._leading = True
+        if item is None:
+            return self._commit_alone(events, source, now_us)
+        assert item.wake is not None
+        # Each waiter sleeps on its own lock (not on one shared lock or condition): the leader wakes
+        # exactly the calls it settled and one successor, so no convoy forms through a shared lock.
+        item.wake.acquire()
+        if not item.done:
+            self._lead(item, now_us)
         if item.error is not None:
             raise item.error
         assert item.result is not None
         return item.result
+
+    def _commit_alone(self, events: Sequence[Event], source: str, now_us: int) -> InsertResult:
+        """The leader's path when nobody was waiting: commit this call alone, then hand on the lead.
+
+        The same as _lead with a batch of one, without the queue's bookkeeping (the uncontended
+        single-thread case is the library's most common call).
+        """
+        try:
+            with self._commit_lock:
+                [outcome] = self.store.insert_groups([(events, source)], now_us)
+        finally:
+            self._hand_on()
+        if isinstance(outcome, EventConflictError):
+            raise outcome
+        return outcome
+
+    def _hand_on(self) -> None:
+        """Promote the first waiting call to leader, or mark that no leader is committing."""
+        with self._queue_lock:
+            successor = self._queue[0] if self._queue else None
+            if successor is None:
+                self._leading = False
+        if successor is not None and successor.wake is not None:
+            successor.wake.release()  # not done: it wakes up as the next leader
+
+    def _lead(self, own: _Pending, now_us: int) -> None:
+        """Commit every queued call (`own` included) in one transaction, settle them, hand on the lead."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        try:
+            with self._commit_lock:
+                self._commit(batch, now_us)
+        finally:
+            for pending in batch:
+                if not pending.done:  # only after an interrupt (KeyboardInterrupt) inside the commit
+                    pending.error = OutboxError(
+                        "the commit was interrupted; nothing of this call is known stored"
+                    )
+                    pending.done = True
+            for pending in batch:
+                if pending.wake is not None and pending is not own:
+                    pending.wake.release()
+            self._hand_on()
 
     def _commit(self, batch: list[_Pending], now_us: int) -> None:
         try:
@@ -201,18 +282,33 @@ class Outbox:
             pending.done = True
 
     def _check_capacity(self, adding: int) -> None:
-        """Refuse when the backlog is at max_events. The count is refreshed at most once a second."""
-        if self.max_events is None:
+        """Refuse at max_events undelivered events or max_bytes of used pages.
+
+        Counting is a query, so it is refreshed at most once a second (and whenever the cached figure
+        says the call would not fit): the limit may be overshot by one second of intake, never more.
+        """
+        if self.max_events is None and not self.max_bytes:
             return
         now = time.monotonic()
-        if now - self._backlog_checked > 1.0 or self._backlog + adding > self.max_events:
+        over = self.max_events is not None and self._backlog + adding > self.max_events
+        if now - self._backlog_checked > 1.0 or over:
             self._backlog = self.store.backlog()
+            if self.max_bytes:
+                stats = self.store.file_stats()
+                self._used_bytes = stats.size_bytes - stats.free_bytes
             self._backlog_checked = now
-        if self._backlog + adding > self.max_events:
+        if self.max_events is not None and self._backlog + adding > self.max_events:
             raise OutboxFullError(
                 f"the outbox {self.path} holds {self._backlog} undelivered events, at its limit "
                 f"max_events = {self.max_events}; nothing was stored. Retry later, or raise "
                 "[outbox] max_events if the disk allows",
+                retry_after=5.0,
+            )
+        if self.max_bytes and self._used_bytes >= self.max_bytes:
+            raise OutboxFullError(
+                f"the outbox {self.path} uses {self._used_bytes} bytes, at its limit max_bytes = "
+                f"{self.max_bytes}; nothing was stored. Retry later (delivered rows are pruned after "
+                "[outbox] delivered_retention_hours), or raise [outbox] max_bytes",
                 retry_after=5.0,
             )
 

@@ -88,7 +88,9 @@ def test_datetime_objects_are_accepted() -> None:
     assert validate(ev(timestamp=moment), NOW).timestamp == "2026-11-26T11:00:00Z"
 
 
-@pytest.mark.parametrize("value", ["yesterday", "2026-13-01T00:00:00Z", "2026-11-26", 1700000000, " 2026-11-26T11:30:00Z"])
+@pytest.mark.parametrize(
+    "value", ["yesterday", "2026-13-01T00:00:00Z", "2026-11-26", 1700000000, " 2026-11-26T11:30:00Z"]
+)
 def test_bad_timestamps(value: object) -> None:
     assert "events[0].timestamp" in problems(ev(timestamp=value))
 
@@ -189,3 +191,9 @@ def test_duplicate_ids_in_one_request() -> None:
     found = duplicate_ids(events)
     assert [p.path for p in found] == ["events[2].event_id"]
     assert "repeats events[0]" in found[0].message
+
+
+def test_extreme_values_are_problems_not_crashes() -> None:
+    assert "outside the range" in problems(ev(timestamp="0001-01-01T00:00:00+01:00"))["events[0].timestamp"]
+    assert "64-bit" in problems(ev(metadata={"n": 2**64}))["events[0].metadata.n"]
+    validate(ev(metadata={"n": 2**63 - 1}), NOW)

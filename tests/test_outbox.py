@@ -160,7 +160,9 @@ def test_several_processes_enqueue_while_another_drains(tmp_path: Path) -> None:
         [sys.executable, "-c", _DRAINER, str(path), str(total)], stdout=subprocess.PIPE, text=True
     )
     producers = [
-        subprocess.Popen([sys.executable, "-c", _PRODUCER, str(path), str(p)], stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _PRODUCER, str(path), str(p)], stderr=subprocess.PIPE, text=True
+        )
         for p in range(4)
     ]
     for proc in producers:
@@ -236,3 +238,22 @@ def test_disk_full_refuses_cleanly_and_recovers(tmp_path: Path) -> None:
         assert stored_ids(path) == {"e0"}
         outbox.store.conn.execute("PRAGMA max_page_count = 1073741823")
         assert len(outbox.enqueue_many(big).new) == 199
+
+
+def test_max_bytes_refuses_on_used_pages_and_recovers_after_pruning(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, max_bytes=200_000) as outbox:
+        stored = 0
+        with pytest.raises(OutboxFullError, match="max_bytes = 200000"):
+            for i in range(1000):
+                outbox.enqueue_many([event(f"{i}-{j}", blob="x" * 400) for j in range(10)])
+                stored += 10
+                outbox._backlog_checked = -1.0  # look at the file on every call in this test
+        assert 0 < stored < 10_000
+        assert len(stored_ids(path)) == stored  # the refused call stored nothing
+        # Delivered rows pruned by retention free their pages: intake resumes.
+        rows = outbox.store.claim(10**18, 10_000, 10**9, 10**9, "w")
+        outbox.store.mark_delivered([r.id for r in rows], "w", 1)
+        outbox.store.prune_delivered(10**18)
+        outbox._backlog_checked = -1.0
+        assert outbox.enqueue(event("after")).new == ["eafter"]

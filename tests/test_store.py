@@ -18,7 +18,10 @@ US = 1_000_000
 
 def events(*ids: str, now: float = NOW, **meta: object) -> list[Event]:
     return validate_many(
-        [{"event_id": i, "customer_id": "cus_1", "event_name": "api.call", "metadata": meta or None} for i in ids],
+        [
+            {"event_id": i, "customer_id": "cus_1", "event_name": "api.call", "metadata": meta or None}
+            for i in ids
+        ],
         now,
     )
 
@@ -183,8 +186,8 @@ def test_dead_rows_keep_reason_status_and_bounded_response(store: Store) -> None
 def test_counts_and_oldest_pending(store: Store) -> None:
     assert store.oldest_pending_ts_us() is None
     store.insert_groups([(events("a", now=NOW - 100), "cli"), (events("b", now=NOW - 50), "cli")], 1)
-    assert store.oldest_pending_ts_us() == int(round((NOW - 100) * US))
+    assert store.oldest_pending_ts_us() == round((NOW - 100) * US)
     store.claim(int(NOW * US), 1, 10**6, 30 * US, "w")
     # The oldest is inflight now: still undelivered, still counted.
-    assert store.oldest_pending_ts_us() == int(round((NOW - 100) * US))
+    assert store.oldest_pending_ts_us() == round((NOW - 100) * US)
     assert store.backlog() == 2

@@ -13,7 +13,8 @@ import click
 from rich.markup import escape
 
 from agent import __version__
-from agent.cli import common, core
+from agent.cli import bench, common, core, delivery, ops, run
+from agent.cli import meters as meters_cli
 from agent.errors import ConfigError, DodoOutboxError, OutboxError
 
 
@@ -49,8 +50,9 @@ def cli() -> None:
     """
 
 
-for command in core.COMMANDS:
-    cli.add_command(command)
+for module in (core, run, delivery, ops, meters_cli, bench):
+    for command in module.COMMANDS:
+        cli.add_command(command)
 
 
 def main() -> None:

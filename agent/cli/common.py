@@ -14,6 +14,7 @@ from rich.console import Console
 from agent import config as config_module
 from agent.config import Settings
 from agent.errors import ConfigError
+from agent.meters import build_checker
 from agent.outbox import Outbox
 from agent.store import Store, StoreOptions
 
@@ -75,9 +76,15 @@ def open_store(config_path: Path | None, outbox_path: Path | None, *, must_exist
 def open_outbox(config_path: Path | None, outbox_path: Path | None, source: str) -> Outbox:
     settings = load_settings(config_path)
     path = resolve_outbox_path(settings, outbox_path)
-    return Outbox(
-        path, synchronous=settings.outbox.synchronous, max_events=settings.outbox.max_events, source=source
+    outbox = Outbox(
+        path,
+        synchronous=settings.outbox.synchronous,
+        max_events=settings.outbox.max_events,
+        max_bytes=settings.outbox.max_bytes,
+        source=source,
     )
+    outbox.set_checker(build_checker(settings, outbox.store))
+    return outbox
 
 
 def print_json(value: Any) -> None:

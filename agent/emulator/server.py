@@ -122,6 +122,10 @@ class EmulatorServer:
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(
             create_app(self.state, self._closing),
+            # No log_config: uvicorn's default one detaches its loggers from the root logger for the
+            # whole process, and an in-process emulator (tests, `run --dry-run`) would then silence the
+            # agent's own uvicorn messages. Its records go through whatever the process configured.
+            log_config=None,
             log_level=self._log_level,
             access_log=False,
             http="h11",

@@ -35,6 +35,7 @@ import orjson
 import structlog
 import watchfiles
 
+from agent import metrics
 from agent.config import DropdirSettings
 from agent.errors import EventConflictError, OutboxError, OutboxFullError, Problem
 from agent.events import Event, check_event, same_content
@@ -204,6 +205,7 @@ class DropDir:
             errors.finish(None)
             result.outcome, result.message = "deferred", str(exc)
             log.warning("intake_refused_full", source="dropdir", file=path.name, reason=str(exc))
+            metrics.record_refused("dropdir", metrics.refusal_reason(exc))
             return result
         except (OutboxError, sqlite3.Error) as exc:
             errors.finish(None)
@@ -265,6 +267,7 @@ class DropDir:
             for item in read_records(stream):
                 if isinstance(item, ParseProblem):
                     errors.add(item.line, None, "invalid_json", None, item.message)
+                    metrics.record_rejected("dropdir", "malformed")
                 else:
                     line = item.line
                     yield item
@@ -293,6 +296,7 @@ class DropDir:
             for problem in problems:
                 errors.add(record.line, shown_id, "invalid_event", _field(problem.path), problem.message)
             if event is None:
+                metrics.record_rejected("dropdir", "invalid")
                 continue
             first = seen.get(event.event_id)
             if first is not None:  # repeated inside this chunk: settle it here, keep the first
@@ -300,6 +304,7 @@ class DropDir:
                     result.duplicates += 1
                 else:
                     errors.add(record.line, event.event_id, "event_conflict", "event_id", _CONFLICT)
+                    metrics.record_rejected("dropdir", "conflict")
                 continue
             seen[event.event_id] = event
             chunk.append((record.line, event))
@@ -320,6 +325,7 @@ class DropDir:
                 for line, event in chunk:
                     if event.event_id in conflicting:
                         errors.add(line, event.event_id, "event_conflict", "event_id", _CONFLICT)
+                        metrics.record_rejected("dropdir", "conflict")
                 chunk = [(line, e) for line, e in chunk if e.event_id not in conflicting]
                 continue
             result.new += len(stored.new)

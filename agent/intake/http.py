@@ -42,8 +42,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from agent import metrics
 from agent.config import HttpIntakeSettings
-from agent.errors import DodoOutboxError, EventConflictError, OutboxError, OutboxFullError, Problem
+from agent.errors import (
+    DodoOutboxError,
+    EventConflictError,
+    InvalidEventError,
+    OutboxError,
+    OutboxFullError,
+    Problem,
+)
 from agent.events import FIELDS, Event, check_event
 from agent.outbox import Outbox
 
@@ -173,7 +181,9 @@ def check_body(body: bytes, now: float) -> list[Event]:
         if event is not None:
             events.append(event)
     duplicates = _duplicates(raws)
-    if any(is_schema_violation(raw) for raw in raws):
+    # Every schema violation is also a problem check_event reports, so a body without problems needs
+    # no schema pass (a sixth of the validation cost of a 1000-event request).
+    if problems and any(is_schema_violation(raw) for raw in raws):
         code, status = "UNPROCESSABLE_ENTITY", 422
     elif problems:
         code, status = "BAD_REQUEST", 400
@@ -227,24 +237,19 @@ class HttpIntake:
     async def _read_body(self, request: Request) -> bytes:
         """The whole body within max_body_bytes and the read timeout. Raises Refusal (413, 408, 400)."""
         limit = self.settings.max_body_bytes
-        too_big = Refusal(
-            413,
-            "PAYLOAD_TOO_LARGE",
-            f"body: larger than {limit} bytes ([intake.http] max_body_bytes); send fewer events per request",
-        )
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit + DRAIN_BYTES:
-            too_big.headers["Connection"] = "close"
-            raise too_big
+            raise self._too_big(limit, close=True)
         chunks: list[bytes] = []
         size = 0
         try:
-            with anyio.fail_after(self.settings.read_timeout_seconds):
+            # asyncio.timeout, not anyio.fail_after: the same TimeoutError, at a fraction of the cost of
+            # an anyio cancel scope, on the event loop thread that limits small-request throughput.
+            async with asyncio.timeout(self.settings.read_timeout_seconds):
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > limit + DRAIN_BYTES:
-                        too_big.headers["Connection"] = "close"
-                        break
+                        raise self._too_big(limit, close=True)
                     if size <= limit:
                         chunks.append(chunk)
         except TimeoutError:
@@ -256,8 +261,18 @@ class HttpIntake:
                 headers={"Connection": "close"},
             ) from None
         if size > limit:
-            raise too_big
+            raise self._too_big(limit, close=False)
         return b"".join(chunks)
+
+    @staticmethod
+    def _too_big(limit: int, close: bool) -> Refusal:
+        # Built only when needed: an exception per request is a measurable cost at thousands a second.
+        return Refusal(
+            413,
+            "PAYLOAD_TOO_LARGE",
+            f"body: larger than {limit} bytes ([intake.http] max_body_bytes); send fewer events per request",
+            headers={"Connection": "close"} if close else None,
+        )
 
     def _store(self, body: bytes) -> Response:
         """Validate and commit (runs in a worker thread: the commit waits for the disk)."""
@@ -280,6 +295,9 @@ class HttpIntake:
                 if e.event_id in conflicting
             ]
             raise Refusal(400, "EVENT_CONFLICT", _summary(problems), problems) from None
+        except InvalidEventError as exc:
+            # strict_meters refused events no meter would bill: the client must fix them, not retry.
+            raise Refusal(400, "NOT_BILLABLE", _summary(exc.problems), list(exc.problems)) from None
         except (OutboxError, sqlite3.Error) as exc:
             log.error("intake_unavailable", source="http", error=str(exc))
             raise Refusal(
@@ -315,6 +333,7 @@ class HttpIntake:
             response: Response = await self._in_thread(lambda: self._store(body))
             return response
         except Refusal as refusal:
+            metrics.record_http_refusal(refusal.code, refusal.message, refusal.problems)
             return refusal.response()
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening; nothing was stored

@@ -7,23 +7,30 @@ own module, all sharing one connection and one transaction helper (`StoreBase.wr
 from __future__ import annotations
 
 from agent.store.base import State, StoreOptions, disk_full
+from agent.store.dlq import DeadFilter, DlqMixin, FileStats, ReplayChunk, WindowRates
+from agent.store.meters import MetersMixin
 from agent.store.ops import EventRecord, OpsMixin
 from agent.store.queue import Claimed, InsertResult, QueueMixin, insert_in_transaction
 from agent.store.schema import SCHEMA_VERSION
 
 
-class Store(QueueMixin, OpsMixin):
+class Store(QueueMixin, OpsMixin, DlqMixin, MetersMixin):
     """The outbox file. Thread-safe; open one per process and share it."""
 
 
 __all__ = [
     "SCHEMA_VERSION",
     "Claimed",
+    "DeadFilter",
+    "DlqMixin",
     "EventRecord",
+    "FileStats",
     "InsertResult",
+    "ReplayChunk",
     "State",
     "Store",
     "StoreOptions",
+    "WindowRates",
     "disk_full",
     "insert_in_transaction",
 ]

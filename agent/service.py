@@ -1,0 +1,234 @@
+"""The composition root: builds the agent's parts, starts them in order and stops them in reverse.
+
+Nothing else knows all the parts. Start order: outbox → worker + scheduler → HTTP endpoint (the socket is
+bound) → drop directory → READY=1. Stop order: refuse new events (503) → stop the drop directory →
+stop scheduling and let the in-flight batch finish (bounded; leases make an overrun safe) → stop the HTTP
+server → close the outbox → exit 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from agent import __version__, logs, metrics, systemd
+from agent import config as config_module
+from agent import status as status_module
+from agent.config import Settings
+from agent.delivery import DodoClient
+from agent.intake.dropdir import DropDir
+from agent.intake.http import create_app
+from agent.intake.ops_routes import ops_routes
+from agent.intake.server import HttpServer
+from agent.meters import build_checker
+from agent.outbox import Outbox
+from agent.retention import run_retention
+from agent.scheduler import AgentScheduler
+from agent.store import Store, StoreOptions
+from agent.worker import Worker
+
+log = logs.get_logger("dodo_outbox.service")
+
+DRY_RUN_KEY = "dry-run-key"
+RETENTION_INTERVAL_SECONDS = 300.0
+
+
+@dataclass
+class Agent:
+    """One running agent. `start()` then `wait()`; `stop()` from a signal handler or a test."""
+
+    settings: Settings
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    stop_timeout: float = 20.0
+    store: Store | None = None
+    outbox: Outbox | None = None
+    worker: Worker | None = None
+    scheduler: AgentScheduler | None = None
+    http: HttpServer | None = None
+    dropdir: DropDir | None = None
+    shutting_down: threading.Event = field(default_factory=threading.Event)
+    stopped: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> Agent:
+        """Open the outbox and start every enabled part. Raises ConfigError / OutboxError on failure."""
+        settings = self.settings
+        self.store = Store(
+            settings.outbox_path, StoreOptions(synchronous=settings.outbox.synchronous, check_integrity=True)
+        )
+        self.outbox = Outbox(
+            settings.outbox_path,
+            store=self.store,
+            max_events=settings.outbox.max_events,
+            max_bytes=settings.outbox.max_bytes,
+            source="library",
+        )
+        self.outbox.add_listener(metrics.record_enqueued)
+        self.outbox.set_checker(build_checker(settings, self.store))
+        client = DodoClient.from_settings(settings)
+        self.worker = Worker(self.store, settings, client, environ=self.environ)
+        self.scheduler = AgentScheduler(self.worker, settings)
+        self.outbox.add_listener(
+            lambda result: self.scheduler.wake() if result.new and self.scheduler else None
+        )
+        self.scheduler.add_interval_job(self._retention, RETENTION_INTERVAL_SECONDS, "retention")
+        self.scheduler.start()
+        if settings.intake_http.enabled:
+            app = create_app(
+                self.outbox,
+                settings.intake_http,
+                status=lambda: status_module.build(self._store()),
+                readiness=self._readiness,
+                extra_routes=ops_routes(self._store(), settings),
+                shutting_down=self.shutting_down,
+            )
+            self.http = HttpServer(app, settings.intake_http.listen, token=settings.intake_http.token).start()
+        if settings.intake_dropdir.enabled:
+            self.dropdir = DropDir(self.outbox, settings.intake_dropdir)
+            self._spawn(self.dropdir.watch, self.shutting_down, name="dodo-outbox-dropdir")
+        self._start_watchdog()
+        listen = self.http.url if self.http else "off"
+        log.info(
+            "agent_ready",
+            version=__version__,
+            listen=settings.intake_http.listen if self.http else "off",
+            url=listen,
+            outbox=str(settings.outbox_path),
+            target=settings.dodo.url,
+            environment=settings.dodo.environment if not settings.dodo.base_url else "base_url",
+            dropdir=settings.intake_dropdir.path if self.dropdir else "off",
+        )
+        systemd.ready(f"delivering to {settings.dodo.url}", self.environ)
+        return self
+
+    def _store(self) -> Store:
+        assert self.store is not None
+        return self.store
+
+    def _readiness(self) -> dict[str, Any]:
+        paused = self.worker.paused if self.worker else None
+        return {"delivery_paused": paused is not None, "paused_reason": paused}
+
+    def _retention(self) -> None:
+        run_retention(self._store(), self.settings, time.time())
+        if self.dropdir is not None:
+            self.dropdir.prune_done(time.time())
+
+    def _spawn(self, target: Any, *args: Any, name: str) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _start_watchdog(self) -> None:
+        interval = systemd.watchdog_interval(self.environ)
+        if interval is None:
+            return
+        # A drain can legitimately take a few request timeouts; beyond that the worker is wedged.
+        limit = max(3 * self.settings.delivery.interval_seconds, 3 * self.settings.delivery.timeout_seconds)
+
+        def ping() -> None:
+            while not self.stopped.wait(interval):
+                worker = self.worker
+                if worker is not None and time.monotonic() - worker.last_tick < limit:
+                    systemd.watchdog(self.environ)
+                else:
+                    log.warning(
+                        "watchdog_withheld", reason="the drain loop has not ticked", limit_seconds=limit
+                    )
+
+        self._spawn(ping, name="dodo-outbox-watchdog")
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the API key and the log level, keeping every connection."""
+        systemd.reloading(self.environ)
+        try:
+            fresh = config_module.load(self.settings.source if self.settings.source != "defaults" else None)
+            logs.set_level(fresh.log.level)
+        except Exception as exc:  # a bad edit must not take the agent down
+            log.error("reload_failed", error=str(exc))
+        if self.worker is not None:
+            self.worker.reload_key()
+        if self.scheduler is not None:
+            self.scheduler.wake()
+        log.info("agent_reloaded")
+        systemd.notify("READY=1", self.environ)
+
+    def stop(self) -> bool:
+        """Stop in reverse order within `stop_timeout`. True when the in-flight batch finished in time."""
+        if self.stopped.is_set():
+            return True
+        systemd.stopping(self.environ)
+        log.info("agent_stopping")
+        self.shutting_down.set()  # the endpoint answers 503 + Retry-After from now on
+        finished = True
+        if self.scheduler is not None:
+            finished = self.scheduler.shutdown(self.stop_timeout)
+        if self.http is not None:
+            self.http.stop(5.0)
+        for thread in self._threads:
+            thread.join(5.0)
+        if self.worker is not None:
+            self.worker.close()
+        if self.outbox is not None:
+            self.outbox.close()
+        metrics.unwatch_store()
+        self.stopped.set()
+        log.info("agent_stopped", batch_finished=finished)
+        return finished
+
+
+def dry_run_settings(settings: Settings, url: str) -> Settings:
+    """The settings pointed at a local emulator (for `run --dry-run`)."""
+    return dataclasses.replace(
+        settings, dodo=dataclasses.replace(settings.dodo, base_url=url, api_key_file="")
+    )
+
+
+def run(settings: Settings, *, dry_run: bool = False, environ: Mapping[str, str] | None = None) -> int:
+    """`dodo-outbox run`: start, wait for SIGTERM/SIGINT, stop cleanly. Returns the exit code.
+
+    A second SIGTERM/SIGINT exits at once (leases make that safe). SIGHUP reloads key and log level.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    logs.configure(settings.log.format, settings.log.level)
+    emulator = None
+    if dry_run:
+        from agent.emulator import EmulatorConfig, EmulatorServer
+
+        emulator = EmulatorServer(EmulatorConfig(keys={DRY_RUN_KEY}, rate_limit=False)).start()
+        settings = dry_run_settings(settings, emulator.url)
+        environ["DODO_PAYMENTS_API_KEY"] = DRY_RUN_KEY
+        log.info("dry_run", emulator=emulator.url, note="events go to a local Dodo emulator, not to Dodo")
+    agent = Agent(settings, environ=environ)
+    stop_requested = threading.Event()
+    signals = {"count": 0}
+
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            log.warning("agent_exit_now", signal=signal.Signals(signum).name)
+            os._exit(1)
+        stop_requested.set()
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        threading.Thread(target=agent.reload, name="dodo-outbox-reload", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    try:
+        agent.start()
+        while not stop_requested.wait(1.0):
+            pass
+    finally:
+        agent.stop()
+        if emulator is not None:
+            emulator.stop()
+    return 0
