@@ -1,0 +1,79 @@
+"""`dodo-outbox bench`: measure every path on this machine's disk, each beside its baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from agent.cli import common
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Smaller sizes (100k-row scale tests): under a minute.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw results as JSON instead of the table.")
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="NAME",
+    help="Run only this group (repeatable): enqueue, http, drain, latency, scale.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the temporary outbox files go (default: the current directory, to measure its disk).",
+)
+@click.option(
+    "--scale",
+    "scale_factor",
+    type=click.FloatRange(min=0.001, max=10.0),
+    default=1.0,
+    show_default=True,
+    help="Multiply every size (e.g. 0.05 for a smoke test; figures get noisier).",
+)
+def bench(
+    quick: bool, as_json: bool, only: tuple[str, ...], directory: Path | None, scale_factor: float
+) -> None:
+    """Benchmark the outbox on this machine: enqueue, HTTP intake, drain, latency, scale, memory.
+
+    Every figure is a ratio against a baseline measured in the same run (raw sqlite3, persist-queue,
+    a bare delivery loop, the same HTTP stack without storing), so noisy machines still compare fairly.
+    Uses a temporary outbox in --dir (removed afterwards), an emulator of Dodo on 127.0.0.1, and a load
+    generator in a separate process; nothing leaves the machine. Prints a table (or --json); progress
+    goes to stderr. Exit 0 whether or not targets are met: the table says which are.
+
+    \b
+    Example:
+      dodo-outbox bench --quick
+      dodo-outbox bench --only enqueue --only drain --json > results.json
+    """
+    from agent import logs
+    from agent.bench.runner import GROUPS, render_table, run_benchmarks
+
+    unknown = [name for name in only if name not in GROUPS]
+    if unknown:
+        raise click.BadParameter(
+            f"{', '.join(unknown)}; choose from {', '.join(GROUPS)}", param_hint="--only"
+        )
+    logs.configure("auto", "warning")
+    document = run_benchmarks(
+        quick=quick,
+        only=only,
+        directory=directory,
+        scale_factor=scale_factor,
+        progress=lambda text: common.err.print(f"[dim]bench:[/dim] {escape(text)}", highlight=False),
+    )
+    if as_json:
+        common.print_json(document)
+    else:
+        # Off a terminal (a file, a CI log) rich would wrap the table at 80 columns.
+        console = common.out if common.out.is_terminal else Console(width=180, highlight=False)
+        render_table(document, console)
+
+
+COMMANDS: list[click.Command] = [bench]
