@@ -152,7 +152,7 @@ def events_show(event_id: str, as_json: bool, config_path: Path | None, outbox_p
     if record is None:
         common.err.print(f"no event with event_id {event_id!r} in the outbox", markup=False)
         sys.exit(common.EXIT_FAILED)
-    document = event_document(record)
+    document = record.as_document()
     if as_json:
         common.print_json(document)
         return
@@ -160,35 +160,6 @@ def events_show(event_id: str, as_json: bool, config_path: Path | None, outbox_p
         if value is not None and key != "event":
             common.out.print(f"{key:<18} {value}", markup=False, highlight=False)
     common.out.print(f"{'event':<18} {record.payload}", markup=False, highlight=False)
-
-
-def _iso(us: int | None) -> str | None:
-    if us is None or us <= 0:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(us / 1e6)) + f".{us % 1_000_000 // 1000:03d}Z"
-
-
-def event_document(record: Any) -> dict[str, Any]:
-    """One event's record as JSON-ready data (shared by `events show` and `dlq show`)."""
-    return {
-        "event_id": record.event_id,
-        "state": record.state,
-        "attempts": record.attempts,
-        "event_name": record.event_name,
-        "timestamp": _iso(record.ts_us),
-        "timestamp_stamped_at_enqueue": record.stamped,
-        "source": record.source,
-        "enqueued_at": _iso(record.enqueued_at_us),
-        "next_attempt_at": _iso(record.next_attempt_at_us) if record.state == "pending" else None,
-        "lease_until": _iso(record.lease_until_us),
-        "settled_at": _iso(record.settled_at_us),
-        "restamped": record.restamped,
-        "reason": record.reason,
-        "http_status": record.http_status,
-        "response": record.response,
-        "last_error": record.last_error,
-        "event": record.event,
-    }
 
 
 @click.group("config")

@@ -20,7 +20,6 @@ from rich.table import Table
 
 from agent import durations
 from agent.cli import common
-from agent.cli.core import event_document
 from agent.config import Settings
 from agent.store import DeadFilter, EventRecord, Store
 
@@ -91,7 +90,7 @@ def dlq_list(
         rows = store.dead_rows(where, limit)
         total = store.count_dead(where)
     if as_json:
-        common.print_json([event_document(r) for r in rows])
+        common.print_json([r.as_document() for r in rows])
         return
     if not rows:
         common.err.print("the dead-letter queue is empty" + (" for this filter" if reason or since else ""))
@@ -139,7 +138,7 @@ def dlq_show(event_id: str, as_json: bool, config_path: Path | None, outbox_path
         found = "no event" if record is None else f"the event is {record.state}, not dead-lettered:"
         common.err.print(f"{found} event_id {event_id!r}", markup=False)
         sys.exit(common.EXIT_FAILED)
-    document = event_document(record)
+    document = record.as_document()
     if as_json:
         common.print_json(document)
         return
@@ -321,7 +320,7 @@ def dlq_purge(
 def _export(records: Iterable[EventRecord], fmt: str, sink: IO[str]) -> int:
     count = 0
     for record in records:
-        line = record.payload if fmt == "ndjson" else json.dumps(event_document(record), default=str)
+        line = record.payload if fmt == "ndjson" else json.dumps(record.as_document(), default=str)
         sink.write(line + "\n")
         count += 1
     return count

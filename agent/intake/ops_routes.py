@@ -36,7 +36,7 @@ from starlette.routing import BaseRoute, Route
 from agent import durations, metrics
 from agent.config import Settings
 from agent.errors import DodoOutboxError
-from agent.store import DeadFilter, EventRecord, Store
+from agent.store import DeadFilter, Store
 
 MAX_PAGE = 1000
 MAX_IDS = 10_000
@@ -53,35 +53,6 @@ class _Refused(Exception):
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
-
-
-def _iso(us: int | None) -> str | None:
-    if us is None or us <= 0:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(us / 1e6)) + f".{us % 1_000_000 // 1000:03d}Z"
-
-
-def dead_document(record: EventRecord) -> dict[str, Any]:
-    """One event's record as JSON-ready data: the keys of `dodo-outbox dlq show --json`."""
-    return {
-        "event_id": record.event_id,
-        "state": record.state,
-        "attempts": record.attempts,
-        "event_name": record.event_name,
-        "timestamp": _iso(record.ts_us),
-        "timestamp_stamped_at_enqueue": record.stamped,
-        "source": record.source,
-        "enqueued_at": _iso(record.enqueued_at_us),
-        "next_attempt_at": _iso(record.next_attempt_at_us) if record.state == "pending" else None,
-        "lease_until": _iso(record.lease_until_us),
-        "settled_at": _iso(record.settled_at_us),
-        "restamped": record.restamped,
-        "reason": record.reason,
-        "http_status": record.http_status,
-        "response": record.response,
-        "last_error": record.last_error,
-        "event": record.event,
-    }
 
 
 class OpsRoutes:
@@ -141,7 +112,7 @@ class OpsRoutes:
         where = DeadFilter(reason=reason, all=reason is None, since_us=since)
         rows = self.store.dead_rows(where, limit, after)
         return {
-            "events": [dead_document(r) for r in rows],
+            "events": [r.as_document() for r in rows],
             "total": self.store.count_dead(where),
             "next_after": rows[-1].id if len(rows) == limit else None,
         }
@@ -151,7 +122,7 @@ class OpsRoutes:
         record = self.store.get(event_id)
         if record is None or record.state != "dead":
             raise _Refused(404, "NOT_FOUND", f"no dead-lettered event with event_id {event_id!r}")
-        return dead_document(record)
+        return record.as_document()
 
     def replay(self, _request: Request, payload: dict[str, Any]) -> dict[str, Any]:
         where = _selection(payload)

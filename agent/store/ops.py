@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,35 @@ class EventRecord:
         """The stored event as a dict."""
         value: dict[str, Any] = json.loads(self.payload)
         return value
+
+    def as_document(self) -> dict[str, Any]:
+        """JSON-ready data with ISO times: `events show`, `dlq show` and `GET /v1/dlq/{id}` print this."""
+        return {
+            "event_id": self.event_id,
+            "state": self.state,
+            "attempts": self.attempts,
+            "event_name": self.event_name,
+            "timestamp": iso_us(self.ts_us),
+            "timestamp_stamped_at_enqueue": self.stamped,
+            "source": self.source,
+            "enqueued_at": iso_us(self.enqueued_at_us),
+            "next_attempt_at": iso_us(self.next_attempt_at_us) if self.state == "pending" else None,
+            "lease_until": iso_us(self.lease_until_us),
+            "settled_at": iso_us(self.settled_at_us),
+            "restamped": self.restamped,
+            "reason": self.reason,
+            "http_status": self.http_status,
+            "response": self.response,
+            "last_error": self.last_error,
+            "event": self.event,
+        }
+
+
+def iso_us(us: int | None) -> str | None:
+    """Microseconds since the epoch as ISO 8601 UTC to the millisecond; None for unset (None or 0)."""
+    if us is None or us <= 0:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(us / 1e6)) + f".{us % 1_000_000 // 1000:03d}Z"
 
 
 def record_from_row(row: tuple[Any, ...]) -> EventRecord:
