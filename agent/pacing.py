@@ -10,7 +10,7 @@ Dodo's default tier allows 40 requests/s burst and 240 requests/min sustained; c
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 
 class TokenBucket:
@@ -144,23 +144,3 @@ class TokenBucket:
                 wait = min(wait, left)
             if sleep(wait) is True:
                 return False
-
-    async def acquire_async(
-        self,
-        clock: Callable[[], float],
-        sleep: Callable[[float], Awaitable[object]],
-        timeout: float | None = None,
-    ) -> bool:
-        """:meth:`acquire` for asyncio: ``sleep`` is e.g. ``asyncio.sleep``. Returns False on timeout."""
-        start = clock()
-        while True:
-            now = clock()
-            wait = self.try_acquire(now)
-            if wait <= 0.0:
-                return True
-            if timeout is not None:
-                left = start + timeout - now
-                if left <= 0.0:
-                    return False
-                wait = min(wait, left)
-            await sleep(wait)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
 import pytest
@@ -154,18 +153,6 @@ def test_acquire_stops_when_sleep_says_so() -> None:
     bucket = TokenBucket(rate_per_minute=60, burst=1)
     assert bucket.acquire(clock, stop.wait)
     assert not bucket.acquire(clock, stop.wait)
-
-
-def test_acquire_async() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(rate_per_minute=30, burst=1)  # one token every two seconds
-
-    async def run() -> list[bool]:
-        return [await bucket.acquire_async(clock, clock.async_sleep) for _ in range(3)]
-
-    assert asyncio.run(run()) == [True, True, True]
-    assert sum(clock.sleeps) == pytest.approx(4.0)
-    assert not asyncio.run(bucket.acquire_async(clock, clock.async_sleep, timeout=0.5))
 
 
 def test_threads_share_the_bucket() -> None:
