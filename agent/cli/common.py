@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agent import config as config_module
 from agent.config import Settings
@@ -108,3 +109,15 @@ def human_age(seconds: float | None) -> str:
 def show_progress() -> bool:
     """Progress bars only on a terminal: logs and pipes stay clean."""
     return sys.stderr.isatty()
+
+
+def counting_bar(label: str, *, disable: bool = False) -> Progress:
+    """A `label  ━━━━  12/100  0:00:07` bar on stderr; silent off a terminal or when `disable`."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=disable or not show_progress(),
+    )
