@@ -211,6 +211,8 @@ def parse_timestamp(value: object) -> datetime:
 
 def _check_id(raw: Mapping[str, Any], key: str, path: str, problems: list[Problem]) -> str:
     value = raw.get(key)
+    if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and value == value.strip():
+        return value  # the common case, decided without formatting the path
     where = f"{path}.{key}"
     if value is None:
         problems.append(Problem(where, f"is required; give every event a non-empty string {key}"))

@@ -41,14 +41,11 @@ FILL_CHUNK = 1000
 
 def bench_settings(url: str, outbox: Path) -> Settings:
     """Default settings pointed at `url`, pacing off (`requests_per_minute = 0`)."""
-    defaults = Settings()
-    return Settings(
+    return dataclasses.replace(
+        Settings(),
         dodo=DodoSettings(base_url=url),
         outbox=dataclasses.replace(OutboxSettings(), path=str(outbox)),
         delivery=dataclasses.replace(DeliverySettings(), requests_per_minute=0.0),
-        intake_http=defaults.intake_http,
-        intake_dropdir=defaults.intake_dropdir,
-        log=defaults.log,
     )
 
 
