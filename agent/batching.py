@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from agent.config import DeliverySettings
-from agent.events import strip_timestamp
+from agent.timestamps import strip_timestamp
 from agent.store import Claimed
 
 US = 1_000_000

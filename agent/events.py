@@ -6,14 +6,13 @@ of every event, each with its path (`events[3].metadata.tokens`) and what to do 
 
 The canonical JSON of an event is compact with sorted keys, so `timestamp` is always the last key. The
 delivery engine builds request bodies by splicing these stored strings, and can drop the timestamp of a
-late event by cutting a known suffix instead of decoding and re-encoding it.
+late event by cutting a known suffix instead of decoding and re-encoding it (`agent.timestamps`).
 """
 
 from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from typing import Any
 import orjson
 
 from agent.errors import InvalidEventError, Problem
+from agent.timestamps import canonical_timestamp, parse_timestamp, strip_timestamp
 
 MAX_ID_LENGTH = 255
 """Longest `event_id`, `customer_id` and `event_name` accepted (Dodo documents no limit; this is ours)."""
@@ -133,80 +133,6 @@ def _new_event(
     _set_late(event, late)
     _set_warnings(event, warnings)
     return event
-
-
-def format_timestamp(moment: datetime) -> str:
-    """ISO 8601 in UTC with a `Z`, microseconds only when non-zero: one spelling per instant."""
-    text = moment.astimezone(UTC).replace(tzinfo=None).isoformat()
-    return text + "Z"
-
-
-_second_text: tuple[int, str] = (-1, "")
-"""The last whole second formatted by `_canonical_timestamp` (events come in bursts within a second)."""
-
-
-def _canonical_timestamp(moment: datetime, ts_us: int) -> str:
-    """`format_timestamp(moment)` for an aware UTC datetime, with its epoch microseconds `ts_us`.
-
-    Formatting a datetime costs ~2 us (astimezone, replace, isoformat), a fifth of validating an
-    event; the text of the whole second is cached instead and the microseconds appended. The fast path
-    is taken only when `ts_us` provably names the same instant (its microseconds match the datetime's;
-    floats of epoch seconds are exact to the microsecond from 1970 to 2038), else it falls back.
-    """
-    global _second_text
-    second, micros = divmod(ts_us, 1_000_000)
-    if micros != moment.microsecond or not 0 <= second < 1 << 31:
-        return format_timestamp(moment)
-    cached_second, text = _second_text
-    if cached_second != second:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _second_text = (second, text)  # one tuple, swapped whole: safe between threads
-    return f"{text}.{micros:06d}Z" if micros else text + "Z"
-
-
-def strip_timestamp(payload: str) -> str:
-    """Cut the trailing `"timestamp"` member off a canonical payload (it is always the last key).
-
-    The last occurrence is the real one: sorted keys put `timestamp` after `metadata`, and a timestamp
-    contains no quote, so nothing can follow it but the closing brace.
-    """
-    cut = payload.rfind(',"timestamp":"')
-    if cut < 0 or not payload.endswith('"}'):
-        raise ValueError("payload is not canonical: timestamp is not its last member")
-    return payload[:cut] + "}"
-
-
-def parse_timestamp(value: object) -> datetime:
-    """Read an ISO 8601 / RFC 3339 string (or a datetime) as an aware UTC datetime.
-
-    Naive values are read as UTC, as the official SDK sends them. Raises ValueError with a reason.
-    """
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, str):
-        text = value.strip()
-        if text != value or not text:
-            raise ValueError("must be an ISO 8601 date-time without surrounding spaces")
-        if text[-1] in "zZ":
-            text = text[:-1] + "+00:00"
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise ValueError(
-                f"{value!r} is not an ISO 8601 date-time; use e.g. 2026-01-31T12:00:00Z"
-            ) from None
-        if "T" not in text and " " not in text:
-            raise ValueError(f"{value!r} is a date without a time; use e.g. {text}T00:00:00Z")
-    else:
-        raise ValueError(
-            f"must be an ISO 8601 string such as 2026-01-31T12:00:00Z, not {type(value).__name__}"
-        )
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"{value!r} is outside the range of dates Dodo can bill") from None
 
 
 def _check_id(raw: Mapping[str, Any], key: str, path: str, problems: list[Problem]) -> str:
@@ -353,7 +279,7 @@ def check_event(raw: object, now: float, path: str = "event") -> tuple[Event | N
     if problems or moment is None:
         return None, problems
     ts_us = round(seconds * 1_000_000)
-    timestamp = _canonical_timestamp(moment, ts_us)
+    timestamp = canonical_timestamp(moment, ts_us)
     document: dict[str, object] = {
         "customer_id": customer_id,
         "event_id": event_id,

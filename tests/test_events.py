@@ -13,10 +13,10 @@ from agent.events import (
     check_event,
     duplicate_ids,
     same_content,
-    strip_timestamp,
     validate,
     validate_many,
 )
+from agent.timestamps import strip_timestamp
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC).timestamp()
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from agent.events import Event, format_timestamp, validate_many
+from agent.events import Event, validate_many
+from agent.timestamps import format_timestamp
 
 API_KEY = "bench_key_0123456789"
 """The key the benchmark's emulators accept (never a real key)."""

@@ -15,7 +15,7 @@ import orjson
 
 from agent.cli import common
 from agent.errors import ConfigError
-from agent.events import parse_timestamp
+from agent.timestamps import parse_timestamp
 from agent.meter_report import keys_by_name, report
 from agent.meters import dodo_client, fetch_meters, known_meters, meter_to_row, paced_get
 from agent.pacing import TokenBucket

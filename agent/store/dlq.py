@@ -21,9 +21,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from agent.events import format_timestamp, strip_timestamp
 from agent.store.base import StoreBase
 from agent.store.ops import _ROW_COLUMNS, EventRecord, record_from_row
+from agent.timestamps import format_timestamp, strip_timestamp
 
 CHUNK_ROWS = 5000
 """Rows per transaction for prune and purge: a short write lock, so intake never waits long."""
