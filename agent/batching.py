@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from agent.config import DeliverySettings
-from agent.timestamps import strip_timestamp
 from agent.store import Claimed
+from agent.timestamps import strip_timestamp
 
 US = 1_000_000
 

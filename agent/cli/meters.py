@@ -15,10 +15,10 @@ import orjson
 
 from agent.cli import common
 from agent.errors import ConfigError
-from agent.timestamps import parse_timestamp
 from agent.meter_report import keys_by_name, report
 from agent.meters import dodo_client, fetch_meters, known_meters, meter_to_row, paced_get
 from agent.pacing import TokenBucket
+from agent.timestamps import parse_timestamp
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
