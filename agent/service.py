@@ -23,6 +23,7 @@ from agent import config as config_module
 from agent import status as status_module
 from agent.config import Settings
 from agent.delivery import DodoClient
+from agent.errors import OutboxCorruptError
 from agent.intake.dropdir import DropDir
 from agent.intake.http import create_app
 from agent.intake.ops_routes import ops_routes
@@ -32,6 +33,7 @@ from agent.outbox import Outbox
 from agent.retention import run_retention
 from agent.scheduler import AgentScheduler
 from agent.store import Store, StoreOptions
+from agent.store.salvage import quarantine
 from agent.worker import Worker
 
 log = logs.get_logger("dodo_outbox.service")
@@ -60,9 +62,7 @@ class Agent:
     def start(self) -> Agent:
         """Open the outbox and start every enabled part. Raises ConfigError / OutboxError on failure."""
         settings = self.settings
-        self.store = Store(
-            settings.outbox_path, StoreOptions(synchronous=settings.outbox.synchronous, check_integrity=True)
-        )
+        self.store = self._open_store()
         self.outbox = Outbox(
             settings.outbox_path,
             store=self.store,
@@ -107,6 +107,34 @@ class Agent:
         )
         systemd.ready(f"delivering to {settings.dodo.url}", self.environ)
         return self
+
+    def _open_store(self) -> Store:
+        """Open the outbox after PRAGMA quick_check. A damaged file is moved aside (with its WAL) to
+        `<name>.corrupt-<time>` and a fresh outbox is started, so the agent keeps accepting events
+        instead of failing at every restart; the error log says where the file went and how to
+        salvage its rows (`dodo-outbox doctor`). Raises OutboxError when even a fresh file fails."""
+        path = self.settings.outbox_path
+        options = StoreOptions(synchronous=self.settings.outbox.synchronous, check_integrity=True)
+        try:
+            return Store(path, options)
+        except OutboxCorruptError as exc:
+            try:
+                moved = quarantine(path, time.time())
+            except OSError as move_error:
+                raise OutboxCorruptError(
+                    f"{exc}. It could not be moved aside ({move_error}): move it away by hand and start again"
+                ) from move_error
+            log.error(
+                "outbox_corrupt",
+                outbox=str(path),
+                moved_to=str(moved),
+                error=str(exc),
+                action=(
+                    f"started with a new, empty outbox at {path}. Recover the old rows into it (the agent "
+                    f"may keep running): dodo-outbox doctor --outbox {moved} --salvage {path}"
+                ),
+            )
+            return Store(path, options)
 
     def _store(self) -> Store:
         assert self.store is not None

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from agent import metrics, status
-from agent.backoff import DestinationBackoff, Outcome
+from agent.backoff import MAX_HINT_SECONDS, DestinationBackoff, Outcome
 from agent.batching import Batch, Counts, prepare
 from agent.config import ApiKey, Settings, read_api_key
 from agent.delivery import BODY_OVERHEAD, DodoClient, SendResult
@@ -35,6 +35,8 @@ from agent.settle import BatchRunner, log
 from agent.store import Claimed, Store
 
 US = 1_000_000
+CLOCK_STEP_SECONDS = 2.0
+"""A wall clock falling behind the monotonic one by more than this between drains stepped back."""
 
 
 @dataclass
@@ -113,6 +115,7 @@ class Worker:
         self.breaker = DestinationBackoff()
         self.paused: str | None = None
         self.last_tick = time.monotonic()
+        self._clock_seen: tuple[float, float] | None = None  # (wall, monotonic) at the last drain
         self._pause_kind: str | None = None
         self._paused_since = 0.0
         self._next_probe = 0.0
@@ -237,9 +240,33 @@ class Worker:
 
     def _drain(self, now: float | None, stop: threading.Event) -> DrainReport:
         try:
+            self._check_clock()
             return self._tick(self._clock() if now is None else now, stop)
         finally:
             self.last_tick = time.monotonic()
+
+    def _check_clock(self) -> None:
+        """Undo what a step back of the wall clock does to stored retry times and leases (see
+        agent/store/clock.py): at the first drain, bring in anything further ahead than this agent
+        could have scheduled; later, when the wall clock fell behind the monotonic one by more than
+        CLOCK_STEP_SECONDS, bring stored instants, the breaker and the pause probe back by the step.
+        (Before: a step back of an hour stalled retries, and a dead worker's leases, for an hour.)"""
+        wall, mono = self._clock(), time.monotonic()
+        last = self._clock_seen
+        self._clock_seen = (wall, mono)
+        d = self.settings.delivery
+        if last is None:
+            longest = max(d.backoff_max_seconds, MAX_HINT_SECONDS) + d.interval_seconds
+            self.store.cap_future(int(wall * US), int(longest * US), int(d.lease_seconds * US))
+            return
+        step = last[0] + (mono - last[1]) - wall
+        if step <= CLOCK_STEP_SECONDS:
+            return
+        moved = self.store.shift_back(int(wall * US), int(step * US))
+        with self._lock:
+            self.breaker.open_until -= step
+            self._next_probe -= step
+        log.warning("clock_stepped_back", seconds=round(step, 3), rows_rescheduled=moved)
 
     def _tick(self, base: float, stop: threading.Event) -> DrainReport:
         started = time.monotonic()

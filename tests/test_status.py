@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -107,7 +108,11 @@ def test_a_paused_delivery_fails_the_check_and_shows_why(db: Path) -> None:
     assert code == 0 and "PAUSED" in out and "HTTP 401" in out
 
 
-def test_the_rich_view_renders(db: Path) -> None:
+def test_the_rich_view_renders(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The rows are placed relative to NOW, taken when tests.ops_helpers was imported; `status` reads the
+    # clock itself. Freeze its clock at NOW, or a suite running longer than a minute between collection
+    # and this test shows "41m", not "40m" (it failed so once the reliability suites lengthened the run).
+    monkeypatch.setattr(status_module, "time", SimpleNamespace(time=lambda: NOW))
     code, out = invoke("status", "--outbox", str(db))
     assert code == 0
     for text in (

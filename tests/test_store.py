@@ -185,9 +185,10 @@ def test_dead_rows_keep_reason_status_and_bounded_response(store: Store) -> None
 
 def test_counts_and_oldest_pending(store: Store) -> None:
     assert store.oldest_pending_ts_us() is None
-    store.insert_groups([(events("a", now=NOW - 100), "cli"), (events("b", now=NOW - 50), "cli")], 1)
-    assert store.oldest_pending_ts_us() == round((NOW - 100) * US)
+    oldest = events("a", now=NOW - 100)
+    store.insert_groups([(oldest, "cli"), (events("b", now=NOW - 50), "cli")], 1)
+    assert store.oldest_pending_ts_us() == oldest[0].ts_us
     store.claim(int(NOW * US), 1, 10**6, 30 * US, "w")
     # The oldest is inflight now: still undelivered, still counted.
-    assert store.oldest_pending_ts_us() == round((NOW - 100) * US)
+    assert store.oldest_pending_ts_us() == oldest[0].ts_us
     assert store.backlog() == 2

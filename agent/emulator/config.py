@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,10 @@ class EmulatorConfig:
     ``meters`` (dicts with ``event_name`` and ``aggregation {type, key}``; ``id``, ``name``, ``filter``,
     ``archived`` get defaults) and ``meters_file`` (a JSON list of the same, loaded by ``server.py``)
     are combined. ``seed`` seeds the random fault draws.
+
+    ``reject_event_ids`` (test-only, not part of Dodo's contract) is a regular expression: an event whose
+    ``event_id`` matches it (``re.search``) is refused with 400, as Dodo refuses an event it finds
+    invalid. It makes "poison" events that the agent's own validation accepts, for dead-letter tests.
     """
 
     keys: Collection[str] = ("test_key",)
@@ -33,6 +38,7 @@ class EmulatorConfig:
     meters_file: str | Path | None = None
     timeout_sleep_seconds: float = 30.0
     seed: int | None = None
+    reject_event_ids: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("keys", "read_only_keys"):
@@ -43,6 +49,11 @@ class EmulatorConfig:
                 raise ValueError(f"{name}: must be >= 0")
         if self.max_body_bytes <= 0:
             raise ValueError("max_body_bytes: must be > 0")
+        if self.reject_event_ids is not None:
+            try:
+                re.compile(self.reject_event_ids)
+            except re.error as exc:
+                raise ValueError(f"reject_event_ids: not a regular expression ({exc})") from None
 
 
 def normalize_meters(meters: Collection[Mapping[str, Any]]) -> list[dict[str, Any]]:

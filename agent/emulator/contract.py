@@ -15,6 +15,8 @@ Status mapping (the first problem found wins; its message names it, e.g. ``event
   ``event_name``, a timestamp that is not ISO 8601 or lies outside the window, a metadata limit
   (more than 50 keys, a key over 100 characters, a string value over 500 characters).
 - 400 ``DUPLICATE_EVENT_ID``: the same ``event_id`` twice inside one request.
+- 400 ``BAD_REQUEST`` for an ``event_id`` matching ``reject_event_ids`` (test-only poison events, see
+  ``EmulatorConfig.reject_event_ids``; not a rule of Dodo's).
 
 Any failure fails the whole request: nothing of it is stored.
 """
@@ -139,9 +141,15 @@ def _check_event_schema(index: int, event: Any) -> None:
 
 
 def validate_events(
-    events: list[dict[str, Any]], *, now: datetime, window_seconds: float, future_seconds: float
+    events: list[dict[str, Any]],
+    *,
+    now: datetime,
+    window_seconds: float,
+    future_seconds: float,
+    reject_event_ids: re.Pattern[str] | None = None,
 ) -> list[ValidEvent]:
     """Apply the 400 rules to schema-checked events, in order. ``now`` is the emulator's clock (aware).
+    ``reject_event_ids``: event ids matching it are refused (test-only poison events).
 
     Raises ContractError on the first problem; returns every event otherwise.
     """
@@ -164,6 +172,8 @@ def validate_events(
                 f"{where}.event_id: {event_id!r} duplicates events[{seen[event_id]}] in the same request",
             )
         seen[event_id] = index
+        if reject_event_ids is not None and reject_event_ids.search(event_id):
+            raise _invalid(f"{where}.event_id: {event_id!r} is refused (the emulator's reject_event_ids)")
         timestamp = _check_timestamp(where, event.get("timestamp"), now, window_seconds, future_seconds)
         metadata = event.get("metadata")
         if metadata is not None:

@@ -14,6 +14,7 @@ events only. Read endpoints need a key too (read-only keys are fine) and share t
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -65,6 +66,8 @@ class EmulatorState:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._initial_meters = normalize_meters([*self.config.meters, *extra_meters])
+        pattern = self.config.reject_event_ids
+        self._reject_event_ids = None if pattern is None else re.compile(pattern)
         self._reset_locked()
 
     def _reset_locked(self) -> None:
@@ -131,6 +134,7 @@ class EmulatorState:
                 now=self.now(),
                 window_seconds=self.config.window_seconds,
                 future_seconds=self.config.future_seconds,
+                reject_event_ids=self._reject_event_ids,
             )
         except _Refused as refused:
             return refused.answer

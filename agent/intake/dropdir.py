@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import sqlite3
 import stat
@@ -93,7 +94,14 @@ class _Errors:
         if self._stream is None:
             self._stream = self.path.open("wb")
         entry = {"line": line, "event_id": event_id, "code": code, "field": field, "message": message}
-        self._stream.write(orjson.dumps(entry) + b"\n")
+        try:
+            encoded = orjson.dumps(entry)
+        except TypeError:
+            # An id or field holding bytes that are not UTF-8 (lone surrogates): orjson refuses them, the
+            # stdlib writes them as \udcXX escapes. (Before: the TypeError escaped from scan(), the file
+            # stayed in new/ and, scanned first every time, blocked every file after it.)
+            encoded = json.dumps(entry).encode()
+        self._stream.write(encoded + b"\n")
         self.count += 1
 
     def finish(self, final: Path | None) -> None:
@@ -186,7 +194,7 @@ class DropDir:
                 )
             else:
                 with _open_regular(path) as stream:
-                    self._ingest(stream, result, errors, stop)
+                    self._ingest(stream, result, errors, stop, ndjson=path.suffix.lower() != ".json")
         except FileNotFoundError:
             errors.finish(None)
             result.outcome = "gone"
@@ -260,11 +268,14 @@ class DropDir:
             target = directory / f"{stem}.{n}{suffix}"
         return target
 
-    def _records(self, stream: IO[bytes], errors: _Errors) -> Iterator[Record]:
-        """The file's records; unreadable parts go to the errors file."""
+    def _records(self, stream: IO[bytes], errors: _Errors, ndjson: bool) -> Iterator[Record]:
+        """The file's records; unreadable parts go to the errors file.
+
+        `.ndjson` / `.jsonl` files are read as NDJSON, as documented, not sniffed: sniffing took an
+        NDJSON file whose first line was broken for one malformed document and refused every line."""
         line = 1
         try:
-            for item in read_records(stream):
+            for item in read_records(stream, ndjson=ndjson):
                 if isinstance(item, ParseProblem):
                     errors.add(item.line, None, "invalid_json", None, item.message)
                     metrics.record_rejected("dropdir", "malformed")
@@ -275,14 +286,19 @@ class DropDir:
             errors.add(line, None, "unreadable", None, f"cannot read past this point: {type(exc).__name__}")
 
     def _ingest(
-        self, stream: IO[bytes], result: FileResult, errors: _Errors, stop: threading.Event | None
+        self,
+        stream: IO[bytes],
+        result: FileResult,
+        errors: _Errors,
+        stop: threading.Event | None,
+        ndjson: bool = False,
     ) -> None:
         chunk: list[tuple[int, Event]] = []
         seen: dict[str, Event] = {}
         now = self.clock()
         # A chunk larger than max_events would never fit, even in an empty outbox.
         size = min(CHUNK_EVENTS, self.outbox.max_events or CHUNK_EVENTS)
-        for record in self._records(stream, errors):
+        for record in self._records(stream, errors, ndjson):
             result.records += 1
             try:
                 event, problems = check_event(record.value, now, "event")

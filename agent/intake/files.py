@@ -36,19 +36,37 @@ class ParseProblem:
     message: str
 
 
-def read_records(stream: IO[bytes]) -> Iterator[Record | ParseProblem]:
-    """Yield each event of the input, or a ParseProblem for each part that cannot be read."""
+def read_records(stream: IO[bytes], *, ndjson: bool = False) -> Iterator[Record | ParseProblem]:
+    """Yield each event of the input, or a ParseProblem for each part that cannot be read.
+
+    `ndjson=True` reads the input as NDJSON without sniffing its shape (the caller knows it, e.g. from
+    a `.ndjson` suffix): a first line that is broken then costs that line only, not the whole file.
+
+    Bytes that are not UTF-8 are kept as lone surrogates (surrogateescape): outside a JSON string they
+    make that record invalid JSON, inside one the event's validation refuses the field. They are never
+    replaced by U+FFFD, which would store a silently altered event (a Latin-1 `cus_é` as `cus_�`).
+    """
     head = stream.read(CHUNK)
+    if head.startswith(_UTF16_32_BOMS):
+        yield ParseProblem(1, "the input is UTF-16 or UTF-32 (it starts with a byte-order mark); write UTF-8")
+        return
     text, tail = _decode(head)
     stripped = text.lstrip("\ufeff \t\r\n")
     if not stripped and not tail and not stream.read(1):
         yield ParseProblem(1, "the input is empty; expected JSON events")
         return
     offset_line = 1 + text[: len(text) - len(stripped)].count("\n")
+    if ndjson:
+        yield from _ndjson(stripped, tail, stream, offset_line)
+        return
     if stripped.startswith("["):
         yield from _array(stripped[1:], tail, stream, offset_line)
         return
-    # An object: a single event, a Dodo body, or the first line of NDJSON.
+    # An object: a single event, a Dodo body, or the first line of NDJSON. The first line may be
+    # longer than the first chunk (a big event): read on to its end, else a valid NDJSON file would
+    # be taken for one malformed document and every line of it refused.
+    if "\n" not in stripped:
+        stripped, tail = _read_first_line(stripped, tail, stream)
     first_line, _, _rest = stripped.partition("\n")
     try:
         value = json.loads(first_line)
@@ -63,17 +81,41 @@ def read_records(stream: IO[bytes]) -> Iterator[Record | ParseProblem]:
         yield from _document(stripped, tail, stream, offset_line)
 
 
+_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
+
+
+def _read_first_line(text: str, tail: bytes, stream: IO[bytes]) -> tuple[str, bytes]:
+    """`text` extended chunk by chunk until it holds a newline, the input ends, or it passes
+    MAX_ELEMENT_CHARS (then the NDJSON reader reports the line as too long)."""
+    parts, size = [text], len(text)
+    while size <= MAX_ELEMENT_CHARS and (chunk := stream.read(CHUNK)):
+        more, tail = _decode(chunk, tail)
+        parts.append(more)
+        size += len(more)
+        if "\n" in more:
+            break
+    return "".join(parts), tail
+
+
+def _incomplete_tail(data: bytes) -> int:
+    """How many bytes at the end of `data` start a UTF-8 character that the next chunk completes."""
+    for back in range(1, min(3, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # the last lead (or ASCII) byte
+            need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+            return back if need > back else 0
+    return 0
+
+
 def _decode(data: bytes, tail: bytes = b"") -> tuple[str, bytes]:
-    """Decode UTF-8, keeping an incomplete trailing character for the next chunk."""
+    """Decode UTF-8, keeping an incomplete trailing character for the next chunk.
+
+    Invalid bytes become lone surrogates (surrogateescape), never U+FFFD: see `read_records`.
+    (Before: errors="replace" stored events whose ids or values had been silently altered.)
+    """
     data = tail + data
-    for cut in range(0, 4):
-        try:
-            return data[: len(data) - cut].decode("utf-8"), data[len(data) - cut :]
-        except UnicodeDecodeError as exc:
-            if exc.start < len(data) - 4:
-                # Genuinely invalid bytes in the middle: replace them so the JSON error names the line.
-                return data.decode("utf-8", errors="replace"), b""
-    return data.decode("utf-8", errors="replace"), b""
+    cut = _incomplete_tail(data)
+    return data[: len(data) - cut].decode("utf-8", "surrogateescape"), data[len(data) - cut :]
 
 
 def _is_body(value: dict[str, Any]) -> bool:
@@ -81,19 +123,39 @@ def _is_body(value: dict[str, Any]) -> bool:
 
 
 def _ndjson(text: str, tail: bytes, stream: IO[bytes], line: int) -> Iterator[Record | ParseProblem]:
-    buffer = text
+    """One record per line. Only the new chunk is split (re-splitting a growing buffer was quadratic
+    in the length of a line), and a line over MAX_ELEMENT_CHARS is reported and skipped to its end
+    instead of being held in memory whole (a file with one endless line could exhaust it)."""
+    pending: list[str] = []  # the pieces of the unfinished current line
+    size = 0
+    skipping = False  # inside a line that is too long: drop it up to its newline
     while True:
-        *complete, buffer = buffer.split("\n")
-        for raw in complete:
-            yield from _ndjson_line(raw, line)
+        *complete, last = text.split("\n")
+        for piece in complete:
+            if skipping:
+                skipping = False
+            else:
+                pending.append(piece)
+                yield from _ndjson_line("".join(pending), line)
+            pending, size = [], 0
             line += 1
+        if not skipping:
+            pending.append(last)
+            size += len(last)
+            if size > MAX_ELEMENT_CHARS:
+                yield ParseProblem(
+                    line,
+                    f"a line longer than {MAX_ELEMENT_CHARS >> 20} Mi characters cannot be an event; "
+                    "skipped to its end",
+                )
+                pending, size, skipping = [], 0, True
         chunk = stream.read(CHUNK)
         if not chunk:
             break
-        more, tail = _decode(chunk, tail)
-        buffer += more
-    if buffer.strip():
-        yield from _ndjson_line(buffer, line)
+        text, tail = _decode(chunk, tail)
+    rest = "".join(pending) + tail.decode("utf-8", "surrogateescape")
+    if not skipping and rest.strip():
+        yield from _ndjson_line(rest, line)
 
 
 def _ndjson_line(raw: str, line: int) -> Iterator[Record | ParseProblem]:

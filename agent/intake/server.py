@@ -142,6 +142,10 @@ def _bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
+MAX_CONNECTIONS = 1024
+"""Concurrent connections the endpoint serves; more get 503 (the SDK retries it)."""
+
+
 class HttpServer:
     """The intake app on `listen`, served by uvicorn in a daemon thread.
 
@@ -217,6 +221,9 @@ class HttpServer:
             http="h11",
             loop="asyncio",
             timeout_keep_alive=self._keep_alive,
+            # uvicorn has no deadline for request headers: a client that never finishes them holds
+            # its connection. Past this many, new connections get 503 instead of exhausting fds.
+            limit_concurrency=MAX_CONNECTIONS,
             server_header=False,
         )
         server = uvicorn.Server(config)

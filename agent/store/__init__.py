@@ -7,6 +7,7 @@ own module, all sharing one connection and one transaction helper (`StoreBase.wr
 from __future__ import annotations
 
 from agent.store.base import State, StoreOptions, disk_full
+from agent.store.clock import ClockMixin
 from agent.store.dlq import DeadFilter, DlqMixin, FileStats, ReplayChunk, WindowRates
 from agent.store.meters import MetersMixin
 from agent.store.ops import EventRecord, OpsMixin
@@ -14,7 +15,7 @@ from agent.store.queue import Claimed, InsertResult, QueueMixin, insert_in_trans
 from agent.store.schema import SCHEMA_VERSION
 
 
-class Store(QueueMixin, OpsMixin, DlqMixin, MetersMixin):
+class Store(QueueMixin, OpsMixin, DlqMixin, MetersMixin, ClockMixin):
     """The outbox file. Thread-safe; open one per process and share it."""
 
 

@@ -43,6 +43,25 @@ def disk_full(exc: BaseException) -> bool:
     return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
 
 
+def damaged(exc: BaseException) -> bool:
+    """Whether an SQLite error means the file itself is damaged or is not a database.
+
+    Not "locked", "cannot open", "I/O error" or "read-only": those say nothing about the file's
+    content, and a file moved aside for them would take healthy, acknowledged events with it.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def corrupt_error(path: Path, detail: str) -> OutboxCorruptError:
+    """The error for a damaged outbox file: names the file and what to do."""
+    return OutboxCorruptError(
+        f"the outbox {path} is damaged ({detail}). Check it with `dodo-outbox doctor --outbox {path}`; "
+        f"copy its readable rows into a new outbox with "
+        f"`dodo-outbox doctor --outbox {path} --salvage NEW_PATH`"
+    )
+
+
 class StoreBase:
     """One SQLite connection, shared by the threads of one process under a lock.
 
@@ -64,20 +83,24 @@ class StoreBase:
             if self.options.check_integrity:
                 self._check_integrity()
             schema.migrate(self._conn)
+        except OutboxCorruptError:
+            self._close_quietly()
+            raise
         except sqlite3.DatabaseError as exc:
             self._close_quietly()
             if disk_full(exc):
                 raise OutboxFullError(f"cannot open the outbox {self.path}: the disk is full") from exc
-            raise OutboxCorruptError(
-                f"cannot open the outbox {self.path}: {exc}. If the file is damaged, run "
-                f"`dodo-outbox doctor --path {self.path}` to check it and salvage its rows"
-            ) from exc
+            if damaged(exc):
+                raise corrupt_error(self.path, str(exc)) from exc
+            # Locked, unreadable, missing directory, I/O error: not damage (see `damaged`).
+            raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from exc
 
     def _check_integrity(self) -> None:
-        rows = self.conn.execute("PRAGMA quick_check").fetchall()
+        """PRAGMA quick_check. Raises OutboxCorruptError naming the first problems it reports."""
+        rows = self.conn.execute("PRAGMA quick_check(5)").fetchall()
         if [r[0] for r in rows] != ["ok"]:
-            detail = "; ".join(str(r[0]) for r in rows[:3])
-            raise sqlite3.DatabaseError(f"integrity check failed: {detail}")
+            detail = "; ".join(" ".join(str(r[0]).split()) for r in rows[:3])
+            raise corrupt_error(self.path, f"PRAGMA quick_check: {detail}")
 
     @property
     def conn(self) -> sqlite3.Connection:
