@@ -279,7 +279,7 @@ class OutboxCollector(Collector):
         up = _gauge("dodo_outbox_outbox_up", "1 when the outbox file could be read on this scrape.")
         try:
             found = self._families()
-        except Exception as exc:  # closed, locked, corrupt (OutboxError, sqlite3.Error): never fail a scrape
+        except Exception as exc:  # closed, locked, corrupt (OutboxError): never fail a scrape
             _log_failure(exc)
             up.add_metric([], 0)
             return [up]

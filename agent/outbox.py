@@ -8,18 +8,20 @@ thread alone pays one commit per call, with no hand-off to another thread.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import EventConflictError, InvalidEventError, OutboxError, OutboxFullError, Problem
 from agent.events import Event, check_event, duplicate_ids, validate_many
 from agent.store import InsertResult, Store, StoreOptions, insert_in_transaction
+
+if TYPE_CHECKING:
+    import sqlite3
 
 Listener = Callable[["EnqueueResult"], None]
 Checker = Callable[[Sequence[Event]], Sequence[Problem]]
@@ -269,7 +271,7 @@ class Outbox:
     def _commit(self, batch: list[_Pending], now_us: int) -> None:
         try:
             results = self.store.insert_groups([(p.events, p.source) for p in batch], now_us)
-        except (OutboxError, sqlite3.Error) as exc:
+        except OutboxError as exc:
             for pending in batch:
                 pending.error = exc
                 pending.done = True

@@ -23,7 +23,6 @@ import contextlib
 import errno
 import json
 import os
-import sqlite3
 import stat
 import threading
 import time
@@ -215,7 +214,7 @@ class DropDir:
             log.warning("intake_refused_full", source="dropdir", file=path.name, reason=str(exc))
             metrics.record_refused("dropdir", metrics.refusal_reason(exc))
             return result
-        except (OutboxError, sqlite3.Error) as exc:
+        except OutboxError as exc:
             errors.finish(None)
             return self._failed(result, str(exc))
         result.problems = errors.count

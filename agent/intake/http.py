@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import math
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -298,7 +297,7 @@ class HttpIntake:
         except InvalidEventError as exc:
             # strict_meters refused events no meter would bill: the client must fix them, not retry.
             raise Refusal(400, "NOT_BILLABLE", _summary(exc.problems), list(exc.problems)) from None
-        except (OutboxError, sqlite3.Error) as exc:
+        except OutboxError as exc:
             log.error("intake_unavailable", source="http", error=str(exc))
             raise Refusal(
                 503,
@@ -346,7 +345,7 @@ class HttpIntake:
         shutting_down = self.shutting_down.is_set()
         try:
             details = dict(self.readiness())
-        except (DodoOutboxError, sqlite3.Error) as exc:
+        except DodoOutboxError as exc:
             details = {"readiness_error": str(exc)}
         ready = outbox_open and not shutting_down
         body = {"status": "ready" if ready else "not_ready", "outbox_open": outbox_open}
@@ -362,7 +361,7 @@ class HttpIntake:
             document = await self._in_thread(self.status)
         except Refusal as refusal:
             return refusal.response()
-        except (DodoOutboxError, sqlite3.Error) as exc:
+        except DodoOutboxError as exc:
             return Refusal(503, "OUTBOX_UNAVAILABLE", f"cannot read the outbox: {exc}").response()
         return json_response(200, document)
 

@@ -22,7 +22,6 @@ Errors are `{"code", "message"}` with 400 (bad request), 401, 404 or 503 (outbox
 from __future__ import annotations
 
 import hmac
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -93,7 +92,7 @@ class OpsRoutes:
                 return _json(
                     refused.status, {"code": refused.code, "message": refused.message}, refused.headers
                 )
-            except (DodoOutboxError, sqlite3.Error) as exc:
+            except DodoOutboxError as exc:
                 return _json(503, {"code": "OUTBOX_UNAVAILABLE", "message": f"the outbox failed: {exc}"})
             return _json(200, result)
 

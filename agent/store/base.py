@@ -138,7 +138,8 @@ class StoreBase:
         """One write transaction: BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on any error.
 
         Returns only after COMMIT, so with synchronous=FULL the data is on disk. Raises
-        OutboxFullError when the disk is full and OutboxError when the file stays locked.
+        OutboxFullError when the disk is full, OutboxError (OutboxCorruptError for a damaged file)
+        for SQLite's other errors, such as a file that stays locked.
         """
         with self._lock:
             conn = self.conn
@@ -161,10 +162,24 @@ class StoreBase:
                         "stored. Free space; the agent recovers by itself",
                         retry_after=5.0,
                     ) from exc
+                if isinstance(exc, sqlite3.Error):
+                    raise self._translate(exc) from exc
                 raise
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        """The connection for reads, under the process lock (a consistent snapshot per statement)."""
+        """The connection for reads, under the process lock (a consistent snapshot per statement).
+
+        Raises OutboxError (OutboxCorruptError for a damaged file) instead of SQLite's own errors.
+        """
         with self._lock:
-            yield self.conn
+            try:
+                yield self.conn
+            except sqlite3.Error as exc:
+                raise self._translate(exc) from exc
+
+    def _translate(self, exc: sqlite3.Error) -> OutboxError:
+        """SQLite's error as ours, so nothing outside the store needs to know SQLite."""
+        if damaged(exc):
+            return corrupt_error(self.path, str(exc))
+        return OutboxError(f"the outbox {self.path} failed: {exc}")

@@ -112,8 +112,10 @@ def test_an_outage_longer_than_the_window_with_restamp_delivers_everything(
     wait_until(lambda: fake.stats()["requests_by_status"].get("503", 0) >= 2, 10, "Dodo to refuse (outage)")
     acked |= send(agent, batch("mid", 20, stamped=False))
     wait_until(lambda: acked <= set(fake.events), OUTAGE + 20, "every event to be delivered after the outage")
+    wait_until(
+        lambda: {r["state"] for r in outbox_rows(tmp_path).values()} == {"delivered"}, 20, "the settle"
+    )
     rows = outbox_rows(tmp_path)
-    assert {r["state"] for r in rows.values()} == {"delivered"}
     assert all(rows[i]["restamped"] for i in acked if i.startswith("early-"))  # sent without their old time
     status = status_json(config)
     assert (status["delivered"], status["dead"], status["pending"]) == (len(acked), 0, 0)
@@ -144,7 +146,10 @@ def test_an_outage_longer_than_the_window_with_dead_letter_parks_then_replay_del
     result = json.loads(replay.stdout)
     assert result["replayed"] == len(acked) and result["restamped"] == len(acked)
     wait_until(lambda: acked <= set(fake.events), 20, "the replayed events to be delivered")
-    assert {r["state"] for r in outbox_rows(tmp_path).values()} == {"delivered"}
+    # Dodo stores a batch before the agent reads the answer and settles it: wait for the settle.
+    wait_until(
+        lambda: {r["state"] for r in outbox_rows(tmp_path).values()} == {"delivered"}, 20, "the settle"
+    )
     status = status_json(config)
     assert (status["delivered"], status["dead"]) == (len(acked), 0)
     assert agent.stop() == 0
@@ -175,6 +180,7 @@ def test_401_for_a_long_stretch_dead_letters_nothing_and_resumes_when_the_key_fi
     staged.write_text("the_new_key_0123\n")
     os.replace(staged, key_file)  # fixed: no restart, no signal
     wait_until(lambda: acked <= set(fake.events), 20, "delivery to resume by itself")
+    wait_until(lambda: status_json(config)["delivered"] == len(acked), 20, "the settle")
     status = status_json(config)
     assert not status["paused"] and (status["delivered"], status["dead"]) == (len(acked), 0)
     resumed = [e for e in agent.log_lines() if e.get("event") == "delivery_resumed"]
