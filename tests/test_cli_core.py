@@ -103,3 +103,25 @@ def test_config_check_redacts_and_fails_on_errors(tmp_path: Path) -> None:
     proc = run("config", "check", "--config", str(bad))
     assert proc.returncode == 2
     assert "[delivery] batch_max_events = 5000 is above the maximum 1000" in proc.stderr
+
+
+def test_the_outbox_is_readable_with_the_sqlite_utils_cli(tmp_path: Path) -> None:
+    """The README tells operators to inspect the outbox with sqlite-utils (a dependency): prove it."""
+    db = tmp_path / "o.db"
+    run("enqueue", "--outbox", str(db), input=line(1) + "\n" + line(2))
+    cli_path = Path(sys.executable).parent / "sqlite-utils"
+    query = "select state, count(*) as n from dodo_outbox_events group by state"
+    proc = subprocess.run(
+        [str(cli_path), "query", str(db), query], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [{"state": "pending", "n": 2}]
+    proc = subprocess.run(
+        [str(cli_path), "rows", str(db), "dodo_outbox_events", "-c", "event_id", "-c", "payload"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    rows = json.loads(proc.stdout)
+    assert [r["event_id"] for r in rows] == ["e1", "e2"]
+    assert json.loads(rows[0]["payload"])["customer_id"] == "cus_1"  # payloads are plain JSON text
