@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +32,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import orjson
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -51,147 +49,19 @@ from agent.errors import (
     OutboxFullError,
     Problem,
 )
-from agent.events import FIELDS, Event, check_event
+from agent.intake.body import Refusal, check_body, json_response, retry_headers, summary
 from agent.outbox import Outbox
 
 log = structlog.get_logger("dodo_outbox.intake")
 
-MAX_EVENTS = 1000
-"""Dodo's hard cap of events per request."""
 INTAKE_THREADS = 128
 """Worker threads for ingest calls. anyio's default limiter (40) would cap how many requests share one
 group commit; ingest uses its own limiter so it neither starves nor is starved by other thread users."""
 DRAIN_BYTES = 8 << 20
 """An oversized body is read and thrown away up to this much past the limit, so a client that writes
 its whole request before reading sees the 413 rather than a reset; beyond it the connection is cut."""
-MAX_LISTED = 1000
-"""Problems listed in one error body (the message gives the total)."""
 SHUTDOWN_RETRY_AFTER = 5.0
 UNAVAILABLE_RETRY_AFTER = 2.0
-_REQUIRED = ("event_id", "customer_id", "event_name")
-Headers = dict[str, str] | None
-
-
-class Refusal(Exception):
-    """An error answer: status, Dodo-shaped code and message, the problems, extra headers."""
-
-    def __init__(
-        self, status: int, code: str, message: str, problems: Sequence[Problem] = (), headers: Headers = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.problems = status, code, message, problems
-        self.headers = dict(headers or {})
-
-    def response(self) -> Response:
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.problems:
-            body["problems"] = [{"path": p.path, "message": p.message} for p in self.problems[:MAX_LISTED]]
-        return json_response(self.status, body, self.headers)
-
-
-def _schema(message: str) -> Refusal:
-    return Refusal(422, "UNPROCESSABLE_ENTITY", message)
-
-
-def json_response(status: int, body: Any, headers: Headers = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
-
-
-def retry_headers(seconds: float) -> dict[str, str]:
-    """`Retry-After` in whole seconds (the standard) and `retry-after-ms` (read first by the SDK)."""
-    return {
-        "Retry-After": str(max(1, math.ceil(seconds))),
-        "retry-after-ms": str(max(1, round(seconds * 1000))),
-    }
-
-
-def is_schema_violation(raw: object) -> bool:
-    """Whether Dodo would refuse this event with 422 (wrong JSON type or unknown field), not 400."""
-    if not isinstance(raw, dict) or any(key not in FIELDS for key in raw):
-        return True
-    if any(not isinstance(raw.get(name), str) for name in _REQUIRED):
-        return True
-    timestamp, metadata = raw.get("timestamp"), raw.get("metadata")
-    if timestamp is not None and not isinstance(timestamp, str):
-        return True
-    if metadata is None:
-        return False
-    # bool is an int subclass: it passes, as Dodo's schema allows booleans.
-    return not isinstance(metadata, dict) or any(
-        not isinstance(v, str | int | float) for v in metadata.values()
-    )
-
-
-def safe_check(raw: object, now: float, path: str) -> tuple[Event | None, list[Problem]]:
-    """`check_event`, with any crash on strange input turned into a problem (never a 500)."""
-    try:
-        return check_event(raw, now, path)
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        return None, [Problem(path, f"cannot be validated ({type(exc).__name__}: {exc}); fix its values")]
-
-
-def _summary(problems: Sequence[Problem]) -> str:
-    count = len(problems)
-    more = f" (and {count - 1} more, listed in problems)" if count > 1 else ""
-    return f"{count} problem{'s' if count != 1 else ''}; nothing was stored: {problems[0]}{more}"
-
-
-def _duplicates(raws: Sequence[object]) -> list[Problem]:
-    """An event_id repeated inside one request (Dodo fails the whole request for it)."""
-    first: dict[str, int] = {}
-    problems: list[Problem] = []
-    for index, raw in enumerate(raws):
-        event_id = raw.get("event_id") if isinstance(raw, dict) else None
-        if isinstance(event_id, str) and (seen := first.setdefault(event_id, index)) != index:
-            problems.append(
-                Problem(
-                    f"events[{index}].event_id",
-                    f"{event_id!r} repeats events[{seen}].event_id; Dodo refuses a request with the same "
-                    "event_id twice: give each event its own id",
-                )
-            )
-    return problems
-
-
-def check_body(body: bytes, now: float) -> list[Event]:
-    """Parse and validate a request body like Dodo does. Returns the events; raises Refusal (422/400)."""
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        reason = "the body is empty" if not body.strip() else f"malformed JSON ({exc})"
-        raise _schema(f'body: {reason}; send {{"events": [...]}}') from None
-    if not isinstance(document, dict):
-        raise _schema('body: expected an object {"events": [...]}')
-    for key in document:
-        if key != "events":
-            raise _schema(f'body.{key}: unknown field; the body is {{"events": [...]}}')
-    raws = document.get("events")
-    if not isinstance(raws, list):
-        raise _schema("body.events: required, must be a list of events")
-    if not raws or len(raws) > MAX_EVENTS:
-        raise Refusal(
-            400, "BAD_REQUEST", f"events: send 1 to {MAX_EVENTS} events per request, not {len(raws)}"
-        )
-    events: list[Event] = []
-    problems: list[Problem] = []
-    for index, raw in enumerate(raws):
-        event, found = safe_check(raw, now, f"events[{index}]")
-        problems.extend(found)
-        if event is not None:
-            events.append(event)
-    duplicates = _duplicates(raws)
-    # Every schema violation is also a problem check_event reports, so a body without problems needs
-    # no schema pass (a sixth of the validation cost of a 1000-event request).
-    if problems and any(is_schema_violation(raw) for raw in raws):
-        code, status = "UNPROCESSABLE_ENTITY", 422
-    elif problems:
-        code, status = "BAD_REQUEST", 400
-    elif duplicates:
-        code, status = "DUPLICATE_EVENT_ID", 400
-    else:
-        return events
-    every = problems + duplicates
-    raise Refusal(status, code, _summary(every), every)
 
 
 @dataclass
@@ -293,10 +163,10 @@ class HttpIntake:
                 for i, e in enumerate(events)
                 if e.event_id in conflicting
             ]
-            raise Refusal(400, "EVENT_CONFLICT", _summary(problems), problems) from None
+            raise Refusal(400, "EVENT_CONFLICT", summary(problems), problems) from None
         except InvalidEventError as exc:
             # strict_meters refused events no meter would bill: the client must fix them, not retry.
-            raise Refusal(400, "NOT_BILLABLE", _summary(exc.problems), list(exc.problems)) from None
+            raise Refusal(400, "NOT_BILLABLE", summary(exc.problems), list(exc.problems)) from None
         except OutboxError as exc:
             log.error("intake_unavailable", source="http", error=str(exc))
             raise Refusal(
