@@ -6,7 +6,8 @@ Pure apart from the clock value it is given: no I/O. ``agent.settle`` sends and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from agent.config import DeliverySettings
 from agent.store import Claimed
@@ -29,6 +30,29 @@ class Counts:
     def add(self, other: Counts) -> None:
         for f in fields(Counts):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class DrainReport(Counts):
+    """What a drain did: the counts of its batches (``sent`` counts requests, the rest events), plus
+    ``paused`` (the pause reason, None while delivery runs), ``next_due`` (epoch seconds when more is
+    due; at most now when more is due at once; None when nothing is pending), rows ``claimed`` and
+    leases ``released``."""
+
+    paused: str | None = None
+    next_due: float | None = None
+    claimed: int = 0
+    released: int = 0
+
+    def add(self, other: Counts) -> None:
+        """Add the counts of a batch or another report (not paused / next_due)."""
+        super().add(other)
+        if isinstance(other, DrainReport):
+            self.claimed += other.claimed
+            self.released += other.released
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass

@@ -21,12 +21,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from typing import Any
 
 from agent import metrics, status
 from agent.backoff import MAX_HINT_SECONDS, DestinationBackoff, Outcome
-from agent.batching import Batch, Counts, prepare
+from agent.batching import Batch, Counts, DrainReport, prepare
 from agent.config import ApiKey, Settings, read_api_key
 from agent.delivery import BODY_OVERHEAD, DodoClient, SendResult
 from agent.logs import add_secret
@@ -37,35 +35,6 @@ from agent.store import Claimed, Store
 US = 1_000_000
 CLOCK_STEP_SECONDS = 2.0
 """A wall clock falling behind the monotonic one by more than this between drains stepped back."""
-
-
-@dataclass
-class DrainReport:
-    """What a drain did. ``sent`` counts requests; ``delivered`` ... ``duplicates_ignored`` count
-    events. ``paused`` is the pause reason (None while delivery runs); ``next_due`` is when more is
-    due (epoch seconds; at most now when more is due at once; None when nothing is pending)."""
-
-    sent: int = 0
-    delivered: int = 0
-    retried: int = 0
-    dead: int = 0
-    restamped: int = 0
-    duplicates_ignored: int = 0
-    paused: str | None = None
-    next_due: float | None = None
-    claimed: int = 0
-    released: int = 0
-
-    def add(self, counts: Counts | DrainReport) -> None:
-        """Add the event and request counts of ``counts`` (not paused / next_due)."""
-        for name in ("sent", "delivered", "retried", "dead", "restamped", "duplicates_ignored"):
-            setattr(self, name, getattr(self, name) + getattr(counts, name))
-        if isinstance(counts, DrainReport):
-            self.claimed += counts.claimed
-            self.released += counts.released
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class _Environ(Mapping[str, str]):

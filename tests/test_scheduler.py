@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from agent.batching import DrainReport
 from agent.config import DeliverySettings, Settings
 from agent.emulator import EmulatorServer
 from agent.outbox import Outbox
 from agent.scheduler import AgentScheduler
-from agent.worker import DrainReport
 from tests.test_worker import make_settings, make_worker
 
 LONG = 30.0
