@@ -123,7 +123,10 @@ def render_status(document: dict[str, Any]) -> None:
     out.print(counts)
     age = document["oldest_pending_age_seconds"]
     style = "red" if age is not None and age > status_module.DEFAULT_MAX_BACKLOG_AGE else "default"
-    out.print(f"oldest undelivered event  [{style}]{common.human_age(age)}[/{style}] old (event time)")
+    if age is None:
+        out.print("oldest undelivered event  none: everything is delivered or dead")
+    else:
+        out.print(f"oldest undelivered event  [{style}]{common.human_age(age)}[/{style}] old (event time)")
     rates = Table(box=None, pad_edge=False, show_edge=False)
     for title in ("", "delivered", "per min", "dead", "success", "requests ok"):
         rates.add_column(title, justify="right")
