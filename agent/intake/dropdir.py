@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
 import structlog
 import watchfiles
 
@@ -40,6 +37,7 @@ from agent.config import DropdirSettings
 from agent.errors import EventConflictError, OutboxError, OutboxFullError, Problem
 from agent.events import Event, check_event, same_content
 from agent.intake.files import ParseProblem, Record, read_records
+from agent.intake.spoolfiles import ErrorsFile, field_of, open_regular
 from agent.outbox import Outbox
 
 log = structlog.get_logger("dodo_outbox.intake")
@@ -79,56 +77,6 @@ class ScanReport:
     @property
     def new_events(self) -> int:
         return sum(f.new for f in self.files)
-
-
-class _Errors:
-    """The errors file of one input, written as problems are found (a bad file of any size fits)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.count = 0
-        self._stream: IO[bytes] | None = None
-
-    def add(self, line: int | None, event_id: str | None, code: str, field: str | None, message: str) -> None:
-        if self._stream is None:
-            self._stream = self.path.open("wb")
-        entry = {"line": line, "event_id": event_id, "code": code, "field": field, "message": message}
-        try:
-            encoded = orjson.dumps(entry)
-        except TypeError:
-            # An id or field holding bytes that are not UTF-8 (lone surrogates): orjson refuses them, the
-            # stdlib writes them as \udcXX escapes. (Before: the TypeError escaped from scan(), the file
-            # stayed in new/ and, scanned first every time, blocked every file after it.)
-            encoded = json.dumps(entry).encode()
-        self._stream.write(encoded + b"\n")
-        self.count += 1
-
-    def finish(self, final: Path | None) -> None:
-        """Close, then move the file to `final` (durably) or delete it when `final` is None."""
-        if self._stream is not None:
-            self._stream.flush()
-            os.fsync(self._stream.fileno())
-            self._stream.close()
-            self._stream = None
-        if final is None:
-            self.path.unlink(missing_ok=True)
-        elif self.count:
-            os.replace(self.path, final)
-
-
-def _field(path: str) -> str | None:
-    """`event.metadata.tokens` → `metadata.tokens`; the event itself → None."""
-    return path.split(".", 1)[1] if "." in path else None
-
-
-def _open_regular(path: Path) -> IO[bytes]:
-    """Open a regular file without following symlinks (a link could point anywhere the agent may read)."""
-    # O_NONBLOCK: opening a FIFO must not wait for a writer (it changes nothing for a regular file).
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise IsADirectoryError(f"{path.name} is not a regular file")
-    return os.fdopen(fd, "rb")
 
 
 class DropDir:
@@ -181,7 +129,7 @@ class DropDir:
     def process(self, path: Path, stop: threading.Event | None = None) -> FileResult:
         """Store one file's events, then move it to done/ or rejected/ (see the module docstring)."""
         result = FileResult(path.name)
-        errors = _Errors(self.rejected / f".{path.name}.errors.jsonl.partial")
+        errors = ErrorsFile(self.rejected / f".{path.name}.errors.jsonl.partial")
         try:
             if path.suffix.lower() not in SUFFIXES:
                 errors.add(
@@ -192,7 +140,7 @@ class DropDir:
                     f"{path.suffix or 'no suffix'} is not read; name files .json, .ndjson or .jsonl",
                 )
             else:
-                with _open_regular(path) as stream:
+                with open_regular(path) as stream:
                     self._ingest(stream, result, errors, stop, ndjson=path.suffix.lower() != ".json")
         except FileNotFoundError:
             errors.finish(None)
@@ -267,7 +215,7 @@ class DropDir:
             target = directory / f"{stem}.{n}{suffix}"
         return target
 
-    def _records(self, stream: IO[bytes], errors: _Errors, ndjson: bool) -> Iterator[Record]:
+    def _records(self, stream: IO[bytes], errors: ErrorsFile, ndjson: bool) -> Iterator[Record]:
         """The file's records; unreadable parts go to the errors file.
 
         `.ndjson` / `.jsonl` files are read as NDJSON, as documented, not sniffed: sniffing took an
@@ -288,7 +236,7 @@ class DropDir:
         self,
         stream: IO[bytes],
         result: FileResult,
-        errors: _Errors,
+        errors: ErrorsFile,
         stop: threading.Event | None,
         ndjson: bool = False,
     ) -> None:
@@ -309,7 +257,7 @@ class DropDir:
             event_id = record.value.get("event_id") if isinstance(record.value, dict) else None
             shown_id = event_id if isinstance(event_id, str) else None
             for problem in problems:
-                errors.add(record.line, shown_id, "invalid_event", _field(problem.path), problem.message)
+                errors.add(record.line, shown_id, "invalid_event", field_of(problem.path), problem.message)
             if event is None:
                 metrics.record_rejected("dropdir", "invalid")
                 continue
@@ -330,7 +278,7 @@ class DropDir:
                 chunk, seen, now = [], {}, self.clock()
         self._store(chunk, result, errors)
 
-    def _store(self, chunk: list[tuple[int, Event]], result: FileResult, errors: _Errors) -> None:
+    def _store(self, chunk: list[tuple[int, Event]], result: FileResult, errors: ErrorsFile) -> None:
         """Commit a chunk; an event_id stored with other content is reported and the rest stored."""
         while chunk:
             try:
