@@ -360,17 +360,27 @@ def validate_many(raws: Iterable[object], now: float, path: str = "events") -> l
     return events
 
 
-def duplicate_ids(events: Sequence[Event], path: str = "events") -> list[Problem]:
-    """Problems for event_ids repeated inside one request (Dodo fails the whole request for them)."""
+def duplicate_ids(events: Sequence[object], path: str = "events") -> list[Problem]:
+    """Problems for event_ids repeated inside one request (Dodo fails the whole request for them).
+
+    Takes validated Events or the raw events of a request (repeats are found even among events that
+    fail validation; a raw event without a string event_id is skipped).
+    """
     first: dict[str, int] = {}
     problems: list[Problem] = []
     for index, event in enumerate(events):
-        seen = first.setdefault(event.event_id, index)
+        if isinstance(event, Event):
+            event_id: object = event.event_id
+        else:
+            event_id = event.get("event_id") if isinstance(event, Mapping) else None
+        if not isinstance(event_id, str):
+            continue
+        seen = first.setdefault(event_id, index)
         if seen != index:
             problems.append(
                 Problem(
                     f"{path}[{index}].event_id",
-                    f"{event.event_id!r} repeats {path}[{seen}].event_id; Dodo refuses a request "
+                    f"{event_id!r} repeats {path}[{seen}].event_id; Dodo refuses a request "
                     "with the same event_id twice: give each event its own id",
                 )
             )

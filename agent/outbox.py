@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import EventConflictError, InvalidEventError, OutboxError, OutboxFullError, Problem
-from agent.events import Event, check_event, duplicate_ids, validate_many
+from agent.events import Event, check_event, validate_many
 from agent.store import InsertResult, Store, StoreOptions, insert_in_transaction
 
 if TYPE_CHECKING:
@@ -329,9 +329,3 @@ class Outbox:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(poll)
-
-
-def duplicate_id_problems(events: Sequence[Event], path: str = "events") -> InvalidEventError | None:
-    """An InvalidEventError for event_ids repeated within one request (as Dodo refuses them), or None."""
-    problems = duplicate_ids(events, path)
-    return InvalidEventError(problems) if problems else None

@@ -15,7 +15,7 @@ import orjson
 from starlette.responses import Response
 
 from agent.errors import Problem
-from agent.events import FIELDS, Event, check_event
+from agent.events import FIELDS, Event, check_event, duplicate_ids
 
 MAX_LISTED = 1000
 """Problems listed in one error body (the message gives the total)."""
@@ -89,23 +89,6 @@ def summary(problems: Sequence[Problem]) -> str:
     return f"{count} problem{'s' if count != 1 else ''}; nothing was stored: {problems[0]}{more}"
 
 
-def _duplicates(raws: Sequence[object]) -> list[Problem]:
-    """An event_id repeated inside one request (Dodo fails the whole request for it)."""
-    first: dict[str, int] = {}
-    problems: list[Problem] = []
-    for index, raw in enumerate(raws):
-        event_id = raw.get("event_id") if isinstance(raw, dict) else None
-        if isinstance(event_id, str) and (seen := first.setdefault(event_id, index)) != index:
-            problems.append(
-                Problem(
-                    f"events[{index}].event_id",
-                    f"{event_id!r} repeats events[{seen}].event_id; Dodo refuses a request with the same "
-                    "event_id twice: give each event its own id",
-                )
-            )
-    return problems
-
-
 def check_body(body: bytes, now: float) -> list[Event]:
     """Parse and validate a request body like Dodo does. Returns the events; raises Refusal (422/400)."""
     try:
@@ -132,7 +115,7 @@ def check_body(body: bytes, now: float) -> list[Event]:
         problems.extend(found)
         if event is not None:
             events.append(event)
-    duplicates = _duplicates(raws)
+    duplicates = duplicate_ids(raws)
     # Every schema violation is also a problem check_event reports, so a body without problems needs
     # no schema pass (a sixth of the validation cost of a 1000-event request).
     if problems and any(is_schema_violation(raw) for raw in raws):
