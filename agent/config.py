@@ -21,12 +21,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
 
 ENVIRONMENTS = {"test_mode": "https://test.dodopayments.com", "live_mode": "https://live.dodopayments.com"}
 CREDENTIAL_NAME = "dodo_api_key"
 ENV_PREFIX = "DODO_OUTBOX_"
+OTHER_ENV = frozenset({"DODO_OUTBOX_CONFIG", "DODO_OUTBOX_CHAOS", "DODO_OUTBOX_CHAOS_SEED"})
+"""`DODO_OUTBOX_*` variables that are not settings overrides: the config file path and the test
+suite's chaos-run knobs (tests/reliability/test_chaos.py). Any other unknown one gets a warning."""
 
 
 def _opt(
@@ -36,14 +40,18 @@ def _opt(
     high: float | None = None,
     choices: tuple[str, ...] | None = None,
     secret: bool = False,
+    url: bool = False,
 ) -> Any:
-    return field(default=default, metadata={"low": low, "high": high, "choices": choices, "secret": secret})
+    return field(
+        default=default,
+        metadata={"low": low, "high": high, "choices": choices, "secret": secret, "url": url},
+    )
 
 
 @dataclass(frozen=True)
 class DodoSettings:
     environment: str = _opt("test_mode", choices=tuple(ENVIRONMENTS))
-    base_url: str = _opt("")
+    base_url: str = _opt("", url=True)
     api_key_file: str = _opt("")
 
     @property
@@ -133,6 +141,8 @@ class Settings:
     meter_checks: MeterCheckSettings = field(default_factory=MeterCheckSettings)
     meters: tuple[MeterSpec, ...] = ()
     source: str = "defaults"
+    warnings: tuple[str, ...] = ()
+    """Problems that do not stop the agent (an unknown DODO_OUTBOX_* variable); the CLI prints them."""
 
     @property
     def outbox_path(self) -> Path:
@@ -189,7 +199,24 @@ def _coerce(where: str, value: Any, f: dataclasses.Field[Any], from_env: bool) -
         raise ConfigError(f"{where} = {shown} is below the minimum {meta['low']}")
     if meta.get("high") is not None and value > meta["high"]:
         raise ConfigError(f"{where} = {shown} is above the maximum {meta['high']}")
+    if meta.get("url") and value:
+        _check_url(where, value)
     return value
+
+
+def _check_url(where: str, value: str) -> None:
+    """An http(s) URL with a host, or ConfigError: without a scheme every request fails forever."""
+    try:
+        parts = urlsplit(value.strip())
+        scheme, host = parts.scheme.lower(), parts.hostname
+        _ = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        scheme, host = "", None
+    if scheme not in ("http", "https") or not host:
+        raise ConfigError(
+            f"{where} = {value!r} is not an http:// or https:// URL with a host; write it in full, "
+            "e.g. http://127.0.0.1:8791 (a local emulator) or https://test.dodopayments.com"
+        )
 
 
 def _section(name: str, cls: type[Any], table: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
@@ -240,12 +267,45 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
         attr: _section(name, type(getattr(Settings(), attr)), tables.get(name, {}), environ)
         for name, attr in SECTIONS.items()
     }
-    settings = Settings(**parts, meters=meters, source=str(chosen) if chosen else "defaults")
+    settings = Settings(
+        **parts,
+        meters=meters,
+        source=str(chosen) if chosen else "defaults",
+        warnings=unknown_environment(environ),
+    )
     if settings.delivery.backoff_initial_seconds > settings.delivery.backoff_max_seconds:
         raise ConfigError(
             "[delivery] backoff_initial_seconds is larger than backoff_max_seconds; make it smaller"
         )
     return settings
+
+
+def environment_names() -> set[str]:
+    """Every `DODO_OUTBOX_*` variable the agent reads: one override per key, plus OTHER_ENV."""
+    names = set(OTHER_ENV)
+    for name, attr in SECTIONS.items():
+        for f in dataclasses.fields(type(getattr(Settings(), attr))):
+            names.add(ENV_PREFIX + f"{name}_{f.name}".replace(".", "_").upper())
+    return names
+
+
+def unknown_environment(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """A warning for each `DODO_OUTBOX_*` variable nothing reads (a typo would silently do nothing)."""
+    known = environment_names()
+    # Compare without the shared prefix, or every name would look close to every other.
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    found: list[str] = []
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or variable in known:
+            continue
+        hint = difflib.get_close_matches(variable.removeprefix(ENV_PREFIX), suffixes, n=1)
+        also = (
+            f"; did you mean {suffixes[hint[0]]}?"
+            if hint
+            else "; overrides are named DODO_OUTBOX_<SECTION>_<KEY>, e.g. DODO_OUTBOX_INTAKE_HTTP_LISTEN"
+        )
+        found.append(f"environment variable {variable}: unknown, it is ignored{also}")
+    return tuple(found)
 
 
 def _meters(value: Any) -> tuple[MeterSpec, ...]:

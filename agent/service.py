@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -23,13 +24,15 @@ from agent import config as config_module
 from agent import status as status_module
 from agent.config import Settings
 from agent.delivery import DodoClient
-from agent.errors import OutboxCorruptError
+from agent.errors import ConfigError, OutboxCorruptError
 from agent.intake.dropdir import DropDir
 from agent.intake.http import create_app
 from agent.intake.ops_routes import ops_routes
 from agent.intake.server import HttpServer
+from agent.lock import ProcessLock, dropdir_lock, outbox_lock
 from agent.meters import build_checker
 from agent.outbox import Outbox
+from agent.preflight import check_settings
 from agent.retention import run_retention
 from agent.scheduler import AgentScheduler
 from agent.store import Store, StoreOptions
@@ -49,6 +52,7 @@ class Agent:
     settings: Settings
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
     stop_timeout: float = 20.0
+    dry_run: bool = False
     store: Store | None = None
     outbox: Outbox | None = None
     worker: Worker | None = None
@@ -58,10 +62,18 @@ class Agent:
     shutting_down: threading.Event = field(default_factory=threading.Event)
     stopped: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _locks: list[ProcessLock] = field(default_factory=list)
 
     def start(self) -> Agent:
-        """Open the outbox and start every enabled part. Raises ConfigError / OutboxError on failure."""
+        """Open the outbox and start every enabled part. Raises ConfigError / OutboxError on failure,
+        AlreadyRunningError (a ConfigError) when another agent runs on the same outbox or drop directory."""
         settings = self.settings
+        check_settings(settings)
+        # Before the outbox is opened: a second agent must not even run the integrity check (and move
+        # a "damaged" live file aside) under the first one.
+        self._locks.append(outbox_lock(settings.outbox_path).acquire())
+        if settings.intake_dropdir.enabled:
+            self._locks.append(dropdir_lock(Path(settings.intake_dropdir.path)).acquire())
         self.store = self._open_store()
         self.outbox = Outbox(
             settings.outbox_path,
@@ -91,7 +103,13 @@ class Agent:
             )
             self.http = HttpServer(app, settings.intake_http.listen, token=settings.intake_http.token).start()
         if settings.intake_dropdir.enabled:
-            self.dropdir = DropDir(self.outbox, settings.intake_dropdir)
+            try:
+                self.dropdir = DropDir(self.outbox, settings.intake_dropdir)
+            except OSError as exc:
+                raise ConfigError(
+                    f"[intake.dropdir] path = {settings.intake_dropdir.path!r}: cannot create its folders "
+                    f"({exc.strerror or exc}); fix the path, its owner or its mode"
+                ) from None
             self._spawn(self.dropdir.watch, self.shutting_down, name="dodo-outbox-dropdir")
         self._start_watchdog()
         listen = self.http.url if self.http else "off"
@@ -101,6 +119,7 @@ class Agent:
             listen=settings.intake_http.listen if self.http else "off",
             url=listen,
             outbox=str(settings.outbox_path),
+            dry_run=self.dry_run,
             target=settings.dodo.url,
             environment=settings.dodo.environment if not settings.dodo.base_url else "base_url",
             dropdir=settings.intake_dropdir.path if self.dropdir else "off",
@@ -207,15 +226,29 @@ class Agent:
         if self.outbox is not None:
             self.outbox.close()
         metrics.unwatch_store()
+        for lock in self._locks:
+            lock.release()
+        self._locks.clear()
         self.stopped.set()
         log.info("agent_stopped", batch_finished=finished)
         return finished
 
 
+def dry_run_outbox(path: Path) -> Path:
+    """The outbox of a dry run, beside the configured one: `outbox.db` → `outbox.dry-run.db`.
+
+    Never the configured file: the emulator's "delivered" would mark events that real Dodo never got,
+    and test events left pending would later be sent to real Dodo.
+    """
+    return path.with_name(f"{path.stem}.dry-run{path.suffix}")
+
+
 def dry_run_settings(settings: Settings, url: str) -> Settings:
-    """The settings pointed at a local emulator (for `run --dry-run`)."""
+    """The settings pointed at a local emulator and at the dry-run outbox (for `run --dry-run`)."""
     return dataclasses.replace(
-        settings, dodo=dataclasses.replace(settings.dodo, base_url=url, api_key_file="")
+        settings,
+        dodo=dataclasses.replace(settings.dodo, base_url=url, api_key_file=""),
+        outbox=dataclasses.replace(settings.outbox, path=str(dry_run_outbox(settings.outbox_path))),
     )
 
 
@@ -233,8 +266,13 @@ def run(settings: Settings, *, dry_run: bool = False, environ: Mapping[str, str]
         emulator = EmulatorServer(EmulatorConfig(keys={DRY_RUN_KEY}, rate_limit=False)).start()
         settings = dry_run_settings(settings, emulator.url)
         environ["DODO_PAYMENTS_API_KEY"] = DRY_RUN_KEY
-        log.info("dry_run", emulator=emulator.url, note="events go to a local Dodo emulator, not to Dodo")
-    agent = Agent(settings, environ=environ)
+        log.info(
+            "dry_run",
+            emulator=emulator.url,
+            outbox=str(settings.outbox_path),
+            note="events go to a local Dodo emulator, not to Dodo, and into their own outbox",
+        )
+    agent = Agent(settings, environ=environ, dry_run=dry_run)
     stop_requested = threading.Event()
     signals = {"count": 0}
 

@@ -26,7 +26,7 @@ def line(i: int, **extra: object) -> str:
 def test_enqueue_ndjson_from_stdin_reports_each_bad_line(tmp_path: Path) -> None:
     db = tmp_path / "o.db"
     text = "\n".join([line(1), line(2, colour="red"), "{oops", line(3, metadata={"n": None}), line(4)]) + "\n"
-    proc = run("enqueue", "--outbox", str(db), input=text)
+    proc = run("enqueue", "--outbox", str(db), "--create", input=text)
     assert proc.returncode == 1
     assert "line 2.colour: is not a field Dodo knows" in proc.stderr
     assert "line 3: not valid JSON" in proc.stderr
@@ -46,7 +46,7 @@ def test_enqueue_all_formats_and_duplicates(tmp_path: Path) -> None:
     single = tmp_path / "s.json"
     single.write_text(line(9))
     for path in (array, body, single):
-        result = runner.invoke(cli, ["enqueue", str(path), "--outbox", str(db), "--json"])
+        result = runner.invoke(cli, ["enqueue", str(path), "--outbox", str(db), "--create", "--json"])
         assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["stored"] == 1
@@ -56,7 +56,7 @@ def test_enqueue_all_formats_and_duplicates(tmp_path: Path) -> None:
 
 def test_enqueue_conflict_refuses_only_that_event(tmp_path: Path) -> None:
     db = tmp_path / "o.db"
-    run("enqueue", "--outbox", str(db), input=line(1, metadata={"n": 1}))
+    run("enqueue", "--outbox", str(db), "--create", input=line(1, metadata={"n": 1}))
     proc = run("enqueue", "--outbox", str(db), input=line(1, metadata={"n": 2}) + "\n" + line(2))
     assert proc.returncode == 1
     assert "event_id e1" in proc.stderr and "new event_id" in proc.stderr
@@ -72,7 +72,7 @@ def test_enqueue_missing_file_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_status_json_and_events_show(tmp_path: Path) -> None:
     db = tmp_path / "o.db"
-    run("enqueue", "--outbox", str(db), input=line(1) + "\n" + line(2))
+    run("enqueue", "--outbox", str(db), "--create", input=line(1) + "\n" + line(2))
     proc = run("status", "--outbox", str(db), "--json")
     document = json.loads(proc.stdout)
     for key in ("pending", "inflight", "delivered", "dead", "oldest_pending_age_seconds"):
@@ -108,7 +108,7 @@ def test_config_check_redacts_and_fails_on_errors(tmp_path: Path) -> None:
 def test_the_outbox_is_readable_with_the_sqlite_utils_cli(tmp_path: Path) -> None:
     """The README tells operators to inspect the outbox with sqlite-utils (a dependency): prove it."""
     db = tmp_path / "o.db"
-    run("enqueue", "--outbox", str(db), input=line(1) + "\n" + line(2))
+    run("enqueue", "--outbox", str(db), "--create", input=line(1) + "\n" + line(2))
     cli_path = Path(sys.executable).parent / "sqlite-utils"
     query = "select state, count(*) as n from dodo_outbox_events group by state"
     proc = subprocess.run(

@@ -15,7 +15,7 @@ from rich.markup import escape
 from agent import __version__
 from agent.cli import bench, common, core, delivery, doctor, ops, run
 from agent.cli import meters as meters_cli
-from agent.errors import ConfigError, DodoOutboxError, OutboxError
+from agent.errors import ConfigError, DodoOutboxError, OutboxCorruptError, OutboxError
 
 
 class _Group(click.Group):
@@ -24,6 +24,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ConfigError as exc:
             _fail(exc, common.EXIT_USAGE)
+        except OutboxCorruptError as exc:  # before OutboxError: retrying a damaged file never helps
+            _fail(exc, common.EXIT_DATAERR)
         except OutboxError as exc:
             _fail(exc, common.EXIT_TEMPFAIL)
         except DodoOutboxError as exc:

@@ -26,6 +26,8 @@ EXIT_FAILED = 1
 """Some of the work was refused (invalid events, a failed check, a paused delivery)."""
 EXIT_USAGE = 2
 """Bad arguments or configuration."""
+EXIT_DATAERR = 65
+"""The outbox file is damaged (EX_DATAERR): retrying will not help; see `dodo-outbox doctor`."""
 EXIT_TEMPFAIL = 75
 """The outbox is full or locked: try again later (EX_TEMPFAIL)."""
 
@@ -55,28 +57,66 @@ def outbox_option(func: F) -> F:
     )(config_option(func))
 
 
+def create_option(func: F) -> F:
+    """`--create`: allow `--outbox PATH` to name a file that does not exist yet."""
+    return click.option(
+        "--create",
+        is_flag=True,
+        help="Create the --outbox file if it does not exist (without it, a missing file is an error, "
+        "so a typo in the path cannot start a new, empty outbox).",
+    )(func)
+
+
 def load_settings(config_path: Path | None) -> Settings:
-    return config_module.load(config_path)
+    """The settings, with every warning of the load (an unknown DODO_OUTBOX_* variable) on stderr."""
+    settings = config_module.load(config_path)
+    for warning in settings.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    return settings
 
 
 def resolve_outbox_path(settings: Settings, outbox_path: Path | None) -> Path:
     return outbox_path or settings.outbox_path
 
 
-def open_store(config_path: Path | None, outbox_path: Path | None, *, must_exist: bool = True) -> Store:
-    """Open the outbox for a read or maintenance command."""
+def check_creatable(settings: Settings, path: Path, outbox_path: Path | None, create: bool) -> None:
+    """A missing outbox may be created only when it is the configured one or `--create` was given.
+
+    Raises ConfigError naming the path otherwise: a typo in `--outbox` would start a new, empty
+    outbox that no agent drains, and the events written to it would never be delivered.
+    """
+    if create or outbox_path is None or path.exists():
+        return
+    if path.absolute() == settings.outbox_path.absolute():
+        return
+    raise ConfigError(
+        f"no outbox at {path} (--outbox): check the path for a typo, or pass --create to start a "
+        f"new, empty outbox there (the configured outbox is {settings.outbox_path})"
+    )
+
+
+def open_store(
+    config_path: Path | None, outbox_path: Path | None, *, must_exist: bool = True, create: bool = False
+) -> Store:
+    """Open the outbox for a read or maintenance command. Raises ConfigError when it is missing
+    (`must_exist`), or missing and neither configured nor `create` (see `check_creatable`)."""
     settings = load_settings(config_path)
     path = resolve_outbox_path(settings, outbox_path)
     if must_exist and not path.exists():
         raise ConfigError(
             f"no outbox at {path}; enqueue an event first, or point --outbox / [outbox] path at it"
         )
+    check_creatable(settings, path, outbox_path, create)
     return Store(path, StoreOptions(synchronous=settings.outbox.synchronous))
 
 
-def open_outbox(config_path: Path | None, outbox_path: Path | None, source: str) -> Outbox:
+def open_outbox(
+    config_path: Path | None, outbox_path: Path | None, source: str, *, create: bool = False
+) -> Outbox:
+    """Open the outbox for writing events; a missing file follows `check_creatable`."""
     settings = load_settings(config_path)
     path = resolve_outbox_path(settings, outbox_path)
+    check_creatable(settings, path, outbox_path, create)
     outbox = Outbox(
         path,
         synchronous=settings.outbox.synchronous,

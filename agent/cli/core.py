@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -24,17 +25,22 @@ CHUNK_EVENTS = 1000
 @click.command()
 @click.argument("source", default="-", type=click.Path(allow_dash=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@common.create_option
 @common.outbox_option
-def enqueue(source: Path, as_json: bool, config_path: Path | None, outbox_path: Path | None) -> None:
+def enqueue(
+    source: Path, as_json: bool, create: bool, config_path: Path | None, outbox_path: Path | None
+) -> None:
     """Validate events from FILE (or stdin) and store them in the outbox.
 
     FILE holds a JSON object, a JSON array, a Dodo body {"events": [...]} or NDJSON (one event per
     line). Valid events are stored in chunks of 1000, each chunk all or nothing; every invalid event
-    is listed with its line. Exit 0 when all were stored, 1 when some were refused.
+    is listed with its line. Exit 0 when all were stored, 1 when some were refused. An --outbox file
+    that does not exist is refused unless --create is given (the configured outbox is always created).
 
     \b
     Example:
       dodo-outbox enqueue usage.ndjson
+      dodo-outbox enqueue --outbox /tmp/try.db --create usage.ndjson
       echo '{"event_id":"r1","customer_id":"cus_1","event_name":"api.call"}' | dodo-outbox enqueue
     """
     stream: IO[bytes]
@@ -45,7 +51,7 @@ def enqueue(source: Path, as_json: bool, config_path: Path | None, outbox_path: 
             stream, total = source.open("rb"), source.stat().st_size
         except OSError as exc:
             raise click.UsageError(f"cannot read {source}: {exc.strerror}") from None
-    outbox = common.open_outbox(config_path, outbox_path, source="cli")
+    outbox = common.open_outbox(config_path, outbox_path, source="cli", create=create)
     summary: dict[str, Any] = {"stored": 0, "duplicates": 0, "refused": 0, "warnings": 0, "late": 0}
     problems: list[Problem] = []
     with outbox, stream:
@@ -179,7 +185,10 @@ def config_check(as_json: bool, config_path: Path | None) -> None:
     Example:
       dodo-outbox config check --config /etc/dodo-outbox/agent.toml
     """
+    from agent.preflight import check_settings
+
     settings = common.load_settings(config_path)
+    check_settings(settings)  # the same checks `run` makes before it starts
     document: dict[str, Any] = {"source": settings.source, **config_module.describe(settings)}
     _key, where = config_module.read_api_key(settings)
     document["dodo"]["api_key"] = f"found ({where})" if _key else f"missing: {where}"
@@ -191,7 +200,17 @@ def config_check(as_json: bool, config_path: Path | None) -> None:
         if isinstance(values, dict):
             common.out.print(f"[{section}]", markup=False)
             for key, value in values.items():
-                common.out.print(f"  {key} = {value!r}", markup=False, highlight=False)
+                common.out.print(f"{key} = {toml_value(value)}", markup=False, highlight=False)
+
+
+def toml_value(value: Any) -> str:
+    """`value` written as TOML: `true`, `1.0`, `"a \\"quoted\\" string"` (anything else as a string)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # 1000, 1.0, 1e-05, inf, nan: all TOML
+    # A JSON string is a TOML basic string, except that TOML also forbids a raw DEL character.
+    return json.dumps(value if isinstance(value, str) else str(value)).replace("\x7f", "\\u007f")
 
 
 COMMANDS: list[click.Command] = [enqueue, events, config_group]

@@ -65,8 +65,9 @@ def meters_group() -> None:
 
 @meters_group.command("pull")
 @click.option("--json", "as_json", is_flag=True, help="Print the meters as JSON.")
+@common.create_option
 @common.outbox_option
-def meters_pull(as_json: bool, config_path: Path | None, outbox_path: Path | None) -> None:
+def meters_pull(as_json: bool, create: bool, config_path: Path | None, outbox_path: Path | None) -> None:
     """Fetch every active meter from Dodo (GET /meters) and cache it in the outbox file.
 
     The enqueue-time checks and `meters check` use the cached meters (plus any [[meters]] of the
@@ -80,7 +81,7 @@ def meters_pull(as_json: bool, config_path: Path | None, outbox_path: Path | Non
     with dodo_client(settings) as client:
         meters = fetch_meters(client, _bucket(config_path))
     now_us = int(time.time() * 1_000_000)
-    with common.open_store(config_path, outbox_path, must_exist=False) as store:
+    with common.open_store(config_path, outbox_path, must_exist=False, create=create) as store:
         store.replace_meters([meter_to_row(m, i, now_us) for i, m in enumerate(meters)], now_us)
     if as_json:
         common.print_json(

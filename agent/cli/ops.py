@@ -52,7 +52,13 @@ def _percent(ratio: float | None) -> str:
     type=click.FloatRange(0, 1),
     help="--check: lowest delivery success ratio (delivered / (delivered + dead)), e.g. 0.99.",
 )
-@click.option("--window", type=click.Choice(list(status_module.WINDOWS)), default="1h", show_default=True)
+@click.option(
+    "--window",
+    type=click.Choice(list(status_module.WINDOWS)),
+    default="1h",
+    show_default=True,
+    help="--check: the period --min-success-rate is measured over (the status rates of that window).",
+)
 @common.outbox_option
 def status(
     as_json: bool,

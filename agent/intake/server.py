@@ -89,6 +89,16 @@ def check_exposure(listen: Listen, token: str, raw: str) -> None:
         )
 
 
+def check_listen(listen: str, token: str) -> Listen:
+    """`[intake.http] listen` parsed and checked for exposure, as the server does at start.
+
+    Raises ConfigError naming the key (used by `config check` too, so it refuses what `run` refuses).
+    """
+    parsed = parse_listen(listen)
+    check_exposure(parsed, token, listen)
+    return parsed
+
+
 def _bind_unix(path: str) -> tuple[socket.socket, int]:
     """Bind a unix socket at `path` with mode 0660; return it and its inode. Raises ConfigError."""
     target = Path(path)
@@ -167,8 +177,7 @@ class HttpServer:
     ) -> None:
         self.app = app
         self.listen_text = listen
-        self.listen = parse_listen(listen)
-        check_exposure(self.listen, token, listen)
+        self.listen = check_listen(listen, token)
         self._start_timeout = start_timeout
         self._keep_alive = keep_alive_seconds
         self._server: uvicorn.Server | None = None
