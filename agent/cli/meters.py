@@ -78,6 +78,8 @@ def meters_pull(as_json: bool, create: bool, config_path: Path | None, outbox_pa
       dodo-outbox meters pull --config /etc/dodo-outbox/agent.toml
     """
     settings = common.load_settings(config_path)
+    # Refuse a mistyped --outbox before asking Dodo, not after.
+    common.check_creatable(settings, common.resolve_outbox_path(settings, outbox_path), outbox_path, create)
     with dodo_client(settings) as client:
         meters = fetch_meters(client, _bucket(config_path))
     now_us = int(time.time() * 1_000_000)
