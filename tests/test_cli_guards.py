@@ -102,3 +102,19 @@ def test_every_option_of_every_command_has_help() -> None:
         return [f"{name} --{p.name}" for p in command.params if isinstance(p, click.Option) and not p.help]
 
     assert missing(cli, "dodo-outbox") == []
+
+
+def test_a_base_url_without_a_scheme_is_refused_by_every_command(tmp_path: Path) -> None:
+    """Before: every batch failed with UnsupportedProtocol as a retryable error, forever, and
+    `drain --once` exited 0."""
+    db = tmp_path / "o.db"
+    assert invoke("enqueue", "--outbox", str(db), "--create", input=EVENT).exit_code == 0
+    env = {"DODO_OUTBOX_DODO_BASE_URL": "127.0.0.1:18791", "DODO_PAYMENTS_API_KEY": "k"}
+    for args in (["drain", "--once"], ["status"], ["enqueue"]):
+        result = invoke(*args, "--outbox", str(db), env=env, input=EVENT)
+        assert result.exit_code == 2, (args, result.output)
+        assert (
+            "DODO_OUTBOX_DODO_BASE_URL = '127.0.0.1:18791' is not an http:// or https:// URL" in result.stderr
+        )
+    with Store(db) as store:
+        assert store.counts()["pending"] == 1
