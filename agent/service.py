@@ -240,15 +240,21 @@ def dry_run_outbox(path: Path) -> Path:
     Never the configured file: the emulator's "delivered" would mark events that real Dodo never got,
     and test events left pending would later be sent to real Dodo.
     """
-    return path.with_name(f"{path.stem}.dry-run{path.suffix}")
+    path = path.absolute()
+    return path.with_name(f"{path.stem}.dry-run{path.suffix}") if path.name else path / "dry-run.db"
 
 
 def dry_run_settings(settings: Settings, url: str) -> Settings:
-    """The settings pointed at a local emulator and at the dry-run outbox (for `run --dry-run`)."""
+    """The settings pointed at a local emulator, the dry-run outbox and, for the same reason, a drop
+    directory of its own (`spool` → `spool.dry-run`): a dry run must not consume real producers' files,
+    whose events would then reach only the emulator (for `run --dry-run`)."""
+    spool = Path(settings.intake_dropdir.path).absolute()
+    spool = spool.with_name(spool.name + ".dry-run") if spool.name else spool / "dry-run"
     return dataclasses.replace(
         settings,
         dodo=dataclasses.replace(settings.dodo, base_url=url, api_key_file=""),
         outbox=dataclasses.replace(settings.outbox, path=str(dry_run_outbox(settings.outbox_path))),
+        intake_dropdir=dataclasses.replace(settings.intake_dropdir, path=str(spool)),
     )
 
 

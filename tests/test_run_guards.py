@@ -62,7 +62,13 @@ def test_a_dry_run_uses_its_own_outbox_and_leaves_the_configured_one_untouched(
     configured = tmp_path / "state" / "outbox.db"
     config = write_config(
         tmp_path / "agent.toml",
-        base_sections(tmp_path, fake_dodo.url, port, outbox={"path": str(configured)}),
+        base_sections(
+            tmp_path,
+            fake_dodo.url,
+            port,
+            outbox={"path": str(configured)},
+            intake_dropdir={"enabled": True, "path": str(tmp_path / "spool")},
+        ),
     )
     log = tmp_path / "agent.log"
     with log.open("wb") as out:
@@ -79,6 +85,7 @@ def test_a_dry_run_uses_its_own_outbox_and_leaves_the_configured_one_untouched(
         assert ready is not None, log.read_text()
         dry = tmp_path / "state" / "outbox.dry-run.db"
         assert ready["outbox"] == str(dry) and ready["dry_run"] is True
+        assert ready["dropdir"] == str(tmp_path / "spool.dry-run")
         body = {"events": [{"event_id": "req_1", "customer_id": "cus_1", "event_name": "api.call"}]}
         answer = httpx.post(f"http://127.0.0.1:{port}/events/ingest", json=body, timeout=30)
         assert answer.status_code == 200 and answer.json()["ingested_count"] == 1
@@ -97,6 +104,7 @@ def test_a_dry_run_uses_its_own_outbox_and_leaves_the_configured_one_untouched(
     # Nothing of the dry run in the file a real run delivers from, and nothing at the real target.
     assert sorted(p.name for p in configured.parent.iterdir() if p.name.startswith("outbox.db")) == []
     assert fake_dodo.events == {}
+    assert not (tmp_path / "spool").exists()  # real producers' files are never consumed by a dry run
 
 
 def test_a_second_run_on_the_same_outbox_is_refused_until_the_first_dies(
