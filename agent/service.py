@@ -211,6 +211,9 @@ class Agent:
         """Stop in reverse order within `stop_timeout`. True when the in-flight batch finished in time."""
         if self.stopped.is_set():
             return True
+        if self.store is None and not self._locks:  # refused before anything was opened
+            self.stopped.set()
+            return True
         systemd.stopping(self.environ)
         log.info("agent_stopping")
         self.shutting_down.set()  # the endpoint answers 503 + Retry-After from now on

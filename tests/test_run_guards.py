@@ -119,7 +119,7 @@ def test_a_second_run_on_the_same_outbox_is_refused_until_the_first_dies(
         assert second.returncode == 2, second.stderr
         assert f"another agent is already running on the outbox {tmp_path / 'outbox.db'}" in second.stderr
         assert f"pid {first.pid} on host " in second.stderr and "started 20" in second.stderr
-        assert "Traceback" not in second.stderr
+        assert "Traceback" not in second.stderr and "agent_stopped" not in second.stderr
         # The CLI still works beside the running agent.
         line = json.dumps({"event_id": "cli-1", "customer_id": "cus_1", "event_name": "api.call"})
         enqueued = subprocess.run(
