@@ -200,3 +200,23 @@ def test_config_check_refuses_what_run_refuses(
     started = agent_run(config)
     assert started.returncode == 2, started.stderr
     assert expected in started.stderr and "Traceback" not in started.stderr
+
+
+def test_the_dry_run_outbox_sits_beside_the_configured_one() -> None:
+    from agent.service import dry_run_outbox
+
+    assert dry_run_outbox(Path("/var/lib/x/outbox.db")) == Path("/var/lib/x/outbox.dry-run.db")
+    assert dry_run_outbox(Path("dodo-outbox.db")) == Path("dodo-outbox.dry-run.db").absolute()
+
+
+def test_the_lock_is_exclusive_names_its_holder_and_is_free_again_once_released(tmp_path: Path) -> None:
+    from agent.lock import AlreadyRunningError, outbox_lock
+
+    first = outbox_lock(tmp_path / "o.db").acquire()
+    with pytest.raises(AlreadyRunningError, match=r"pid \d+ on host .+, started 20"):
+        outbox_lock(tmp_path / "o.db").acquire()  # a second open file description conflicts, even here
+    first.release()
+    first.release()  # twice is harmless
+    again = outbox_lock(tmp_path / "o.db").acquire()
+    assert again.held and (tmp_path / "o.db.lock").exists()
+    again.release()
