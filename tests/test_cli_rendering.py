@@ -7,6 +7,10 @@ way (`[dodo] api_key_file`), and paths, ids and reasons may hold brackets too.
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -71,3 +75,27 @@ def test_dlq_list_keeps_the_http_status_visible_at_80_columns(
     assert rows[1].split()[0] == "b[dodo]"  # an id with brackets, printed as it is
     # A long id folds onto the next line but is never cut.
     assert long_id in "".join(line.split()[0] for line in lines[1:3])
+
+
+def test_enqueue_prints_each_meter_warning_once(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[outbox]\npath = "{tmp_path / "o.db"}"\n'
+        '[[meters]]\nevent_name = "api.call"\naggregation = "count"\n'
+    )
+    event = '{"event_id":"r1","customer_id":"cus_1","event_name":"api.calls"}\n'
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DODO_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "enqueue", "--config", str(config), "--json"],
+        input=event,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["warnings"] == 1  # stdout is the JSON and nothing else
+    both = done.stdout + done.stderr
+    assert both.count("no meter counts event_name 'api.calls'") == 1, both
+    assert "event_not_billable" not in both
+    assert done.stderr.startswith("warning: ")
