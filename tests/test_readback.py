@@ -4,10 +4,12 @@ forwards to a real fake Dodo with its own key. Nothing is mocked."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -93,53 +95,50 @@ def test_readback_needs_the_intake_token(agent: Agent) -> None:
     assert answer.status_code == 401
 
 
+@contextlib.contextmanager
+def read_through_agent(tmp_path: Path, base_url: str, *, key: bool = True) -> Iterator[Callable[[str], Any]]:
+    """An agent delivering to `base_url`; yields `get(path)` -> (status, JSON body) through it."""
+    running = start_agent(tmp_path, base_url, key=key)
+    try:
+        assert running.http is not None
+        url = running.http.url
+
+        def get(path: str) -> Any:
+            answer = httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+            return answer.status_code, answer.json()
+
+        yield get
+    finally:
+        running.stop()
+
+
 def test_readback_without_a_key_is_503_naming_where_the_key_is_looked_for(
     tmp_path: Path, dodo: EmulatorServer
 ) -> None:
-    running = start_agent(tmp_path, dodo.url, key=False)
-    try:
-        assert running.http is not None
-        answer = httpx.get(f"{running.http.url}/events", headers={"Authorization": f"Bearer {TOKEN}"})
-        assert answer.status_code == 503
-        body = answer.json()
-        assert body["code"] == "DODO_API_KEY_MISSING"
-        assert "api_key_file" in body["message"] and "DODO_PAYMENTS_API_KEY" in body["message"]
-    finally:
-        running.stop()
+    with read_through_agent(tmp_path, dodo.url, key=False) as get:
+        status, body = get("/events")
+    assert status == 503 and body["code"] == "DODO_API_KEY_MISSING"
+    assert "api_key_file" in body["message"] and "DODO_PAYMENTS_API_KEY" in body["message"]
 
 
 def test_readback_when_dodo_cannot_be_reached_is_502_in_dodos_shape(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    running = start_agent(tmp_path, f"http://127.0.0.1:{port}")
-    try:
-        assert running.http is not None
-        answer = httpx.get(f"{running.http.url}/events/x", headers={"Authorization": f"Bearer {TOKEN}"})
-        assert answer.status_code == 502
-        body = answer.json()
-        assert body["code"] == "BAD_GATEWAY"
-        assert f"127.0.0.1:{port}" in body["message"] and DODO_KEY not in body["message"]
-    finally:
-        running.stop()
+    with read_through_agent(tmp_path, f"http://127.0.0.1:{port}") as get:
+        status, body = get("/events/x")
+    assert status == 502 and body["code"] == "BAD_GATEWAY"
+    assert f"127.0.0.1:{port}" in body["message"] and DODO_KEY not in body["message"]
 
 
 def test_readback_when_dodo_does_not_answer_is_504(tmp_path: Path) -> None:
-    silent = socket.socket()  # listens (the kernel completes the handshake) but never answers
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(8)
-    running = start_agent(tmp_path, f"http://127.0.0.1:{silent.getsockname()[1]}")
-    try:
-        assert running.http is not None
-        answer = httpx.get(
-            f"{running.http.url}/events/x", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
-        )
-        assert answer.status_code == 504
-        assert answer.json()["code"] == "GATEWAY_TIMEOUT"
-        assert "timeout_seconds" in answer.json()["message"]
-    finally:
-        running.stop()
-        silent.close()
+    with socket.socket() as silent:  # listens (the kernel completes the handshake) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        with read_through_agent(tmp_path, f"http://127.0.0.1:{silent.getsockname()[1]}") as get:
+            status, body = get("/events/x")
+    assert status == 504 and body["code"] == "GATEWAY_TIMEOUT"
+    assert "timeout_seconds" in body["message"]
 
 
 def test_readme_caveat_on_ambiguous_url_matches_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:

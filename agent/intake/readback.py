@@ -28,20 +28,14 @@ from starlette.responses import Response
 
 from agent import __version__
 from agent.config import Settings, read_api_key
+from agent.delivery import KEPT_HEADERS
 from agent.intake.body import json_response
 
 log = structlog.get_logger("dodo_outbox.intake")
 
-# Response headers of Dodo's that a client needs (content type, retry hints, rate-limit state).
-PASSED_HEADERS = (
-    "content-type",
-    "retry-after",
-    "retry-after-ms",
-    "x-ratelimit-limit",
-    "x-ratelimit-remaining",
-    "x-ratelimit-reset",
-    "x-should-retry",
-)
+# Response headers of Dodo's that a client needs: the content type, and what the worker keeps too
+# (retry hints, rate-limit state), so the SDK's own retries and pacing see Dodo's.
+PASSED_HEADERS = ("content-type", *KEPT_HEADERS)
 
 
 @dataclass
