@@ -4,6 +4,7 @@ forwards to a real fake Dodo with its own key. Nothing is mocked."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import time
@@ -83,6 +84,22 @@ def test_sdk_lists_and_retrieves_usage_events_through_the_agent(agent: Agent, do
 
     with pytest.raises(dodopayments.NotFoundError):
         client.usage_events.retrieve("no_such_event")  # Dodo's 404 comes back as Dodo's 404
+
+
+def test_async_sdk_reads_through_the_agent(agent: Agent, dodo: EmulatorServer) -> None:
+    assert agent.http is not None
+    url = agent.http.url
+    dodo.state.ingest(
+        f"Bearer {DODO_KEY}", b'{"events":[{"event_id":"as_1","customer_id":"c","event_name":"n"}]}'
+    )
+
+    async def read() -> tuple[str, list[str]]:
+        client = dodopayments.AsyncDodoPayments(bearer_token=TOKEN, base_url=url, max_retries=0)
+        event = await client.usage_events.retrieve("as_1")
+        page = await client.usage_events.list(event_name="n")
+        return event.customer_id, [e.event_id for e in page.items]
+
+    assert asyncio.run(read()) == ("c", ["as_1"])
 
 
 def test_readback_needs_the_intake_token(agent: Agent) -> None:
