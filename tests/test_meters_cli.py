@@ -113,3 +113,12 @@ def test_verify_json_without_a_key_is_json_and_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     document = json.loads(result.stdout)
     assert "no API key" in document["error"] and document["checked"] == 1
+
+
+def test_verify_json_without_an_outbox_is_json_and_exit_2(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "http://127.0.0.1:9")
+    result = CliRunner().invoke(cli, ["verify", "--config", str(path), "--json"])
+    assert result.exit_code == 2, result.output
+    assert "no outbox at" in json.loads(result.stdout)["error"]
+    plain = CliRunner().invoke(cli, ["verify", "--config", str(path)])
+    assert plain.exit_code == 2 and "no outbox at" in plain.stderr

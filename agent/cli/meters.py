@@ -175,10 +175,16 @@ def verify(
     Example:
       dodo-outbox verify --sample 200 --since 6h
     """
-    settings = common.load_settings(config_path)
     start = parse_since(since, time.time())
-    with common.open_store(config_path, outbox_path) as store:
-        chosen = store.delivered_sample(int(start * 1_000_000), sample)
+    try:
+        settings = common.load_settings(config_path)
+        with common.open_store(config_path, outbox_path) as store:
+            chosen = store.delivered_sample(int(start * 1_000_000), sample)
+    except ConfigError as exc:  # a bad config or no outbox: still JSON with --json
+        if not as_json:
+            raise
+        common.print_json({"since": _iso(start), "checked": 0, "error": str(exc)})
+        sys.exit(common.EXIT_USAGE)
     result: dict[str, Any] = {"since": _iso(start), "checked": len(chosen), "found": 0}
     result |= {"missing": [], "different": [], "errors": [], "unread": 0, "error": None}
     try:
