@@ -63,8 +63,8 @@ DRAIN_BYTES = 8 << 20
 """An oversized body is read and thrown away up to this much past the limit, so a client that writes
 its whole request before reading sees the 413 rather than a reset; beyond it the connection is cut."""
 SHUTDOWN_RETRY_AFTER = 5.0
-Handler = Callable[[Request], Awaitable[Response]]
 UNAVAILABLE_RETRY_AFTER = 2.0
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 @dataclass
