@@ -20,7 +20,8 @@ def report(stats: Sequence[NameStats], meters: Sequence[Meter]) -> list[dict[str
     """`meters check`: per recent event name, how many events each problem hits. JSON-ready.
 
     Each entry: `event_name`, `events`, `billable` (False when any event would not be billed by some
-    meter of its name), `problems` (reason, meter, key, events, example_event_id, message).
+    meter of its name), `problems` (reason, meter, key, events, example_event_id: an event with that
+    very reason, message).
     """
     index = MeterIndex(meters)
     entries: list[dict[str, Any]] = []
@@ -34,14 +35,14 @@ def report(stats: Sequence[NameStats], meters: Sequence[Meter]) -> list[dict[str
             seen = by_key.get(meter.aggregated_key or "")
             if seen is None:
                 continue
-            for reason, count in (
-                (Reason.MISSING_KEY, seen.missing),
-                (Reason.STRING_KEY, seen.strings),
-                (Reason.NOT_A_NUMBER, seen.not_numbers),
+            for reason, count, example in (
+                (Reason.MISSING_KEY, seen.missing, seen.example_missing),
+                (Reason.STRING_KEY, seen.strings, seen.example_string),
+                (Reason.NOT_A_NUMBER, seen.not_numbers, seen.example_not_number),
             ):
                 if count:
                     finding = value_finding(meter, name.event_name, reason)
-                    problems.append(_problem(finding, count, seen.example_event_id))
+                    problems.append(_problem(finding, count, example))
         entries.append(
             {
                 "event_name": name.event_name,

@@ -225,6 +225,8 @@ class MeterChecker:
         self._last_logged: dict[tuple[str, str], tuple[float, int]] = {}
         self._index = None if meters is None else MeterIndex(meters)
         self._loader, self._reload_seconds, self._loaded_at = loader, reload_seconds, clock()
+        # False: no `event_not_billable` log lines (a CLI that prints each warning itself sets it).
+        self.log_warnings = True
 
     def set_meters(self, meters: Iterable[Meter] | None) -> None:
         """Replace the known meters (after a pull); None forgets them."""
@@ -279,6 +281,8 @@ class MeterChecker:
         return problems
 
     def _warn(self, event: Event, finding: Finding) -> None:
+        if not self.log_warnings:
+            return
         now = self._clock()
         slot = (event.event_name, str(finding.reason))
         with self._lock:

@@ -28,6 +28,7 @@ from agent.errors import ConfigError, OutboxCorruptError
 from agent.intake.dropdir import DropDir
 from agent.intake.http import create_app
 from agent.intake.ops_routes import ops_routes
+from agent.intake.readback import Readback
 from agent.intake.server import HttpServer
 from agent.lock import ProcessLock, dropdir_lock, outbox_lock
 from agent.meters import build_checker
@@ -100,6 +101,7 @@ class Agent:
                 readiness=self._readiness,
                 extra_routes=ops_routes(self._store(), settings),
                 shutting_down=self.shutting_down,
+                readback=Readback(settings, self.environ),
             )
             self.http = HttpServer(app, settings.intake_http.listen, token=settings.intake_http.token).start()
         if settings.intake_dropdir.enabled:

@@ -117,7 +117,7 @@ def test_help_has_an_example(command: str) -> None:
 
 
 def test_fake_dodo_serves_in_the_foreground_with_faults() -> None:
-    # Port 0: the kernel picks a free port (no race with parallel tests); uvicorn prints which.
+    # Port 0: the kernel picks a free port (no race with parallel tests); the banner says which.
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "fake-dodo", "--port", "0", "--key", "k1", "--fault-script", "503"],
         stdout=subprocess.DEVNULL,
@@ -131,7 +131,7 @@ def test_fake_dodo_serves_in_the_foreground_with_faults() -> None:
         seen = []
         for line in proc.stderr:  # ends when the process does: then the assertion below says why
             seen.append(line)
-            match = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
+            match = re.search(r"fake Dodo on (http://127\.0\.0\.1:\d+)", line)
             if match:
                 url = match.group(1)
                 break

@@ -17,6 +17,7 @@ from agent.cli import common
 from agent.errors import EventConflictError, InvalidEventError, Problem
 from agent.events import Event, check_event
 from agent.intake.files import ParseProblem, read_records
+from agent.meters import MeterChecker
 from agent.outbox import Outbox
 
 CHUNK_EVENTS = 1000
@@ -52,6 +53,10 @@ def enqueue(
         except OSError as exc:
             raise click.UsageError(f"cannot read {source}: {exc.strerror}") from None
     outbox = common.open_outbox(config_path, outbox_path, source="cli", create=create)
+    if isinstance(outbox.checker, MeterChecker):
+        # Each meter warning is printed once, below, as `warning: ...`: the checker's log line would
+        # repeat it (and, with logging unconfigured, land on stdout inside the --json output).
+        outbox.checker.log_warnings = False
     summary: dict[str, Any] = {"stored": 0, "duplicates": 0, "refused": 0, "warnings": 0, "late": 0}
     problems: list[Problem] = []
     with outbox, stream:

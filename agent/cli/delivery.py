@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -145,7 +146,25 @@ def _error_rate(_ctx: click.Context, _param: click.Parameter, values: tuple[str,
     "--key", "keys", multiple=True, help="An API key that may ingest (repeatable). Default: test_key."
 )
 @click.option("--read-only-key", "read_only_keys", multiple=True, help="A key that gets 403 on ingest.")
-@click.option("--meters", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Meters JSON.")
+@click.option(
+    "--meters",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Meters JSON for GET /meters: a list of {event_name, aggregation: {type, key}} (see "
+    "config/meters.example.json).",
+)
+@click.option(
+    "--reject-event-ids",
+    "reject_event_ids",
+    multiple=True,
+    help="Refuse events with these event_ids with 400, as Dodo refuses an invalid event: poison events "
+    "for dead-letter tests (comma list, repeatable).",
+)
+@click.option(
+    "--poison-customer",
+    "poison_customers",
+    multiple=True,
+    help="Refuse every event of this customer_id with 400 (comma list, repeatable).",
+)
 @click.option("--window-seconds", type=float, default=3600.0, show_default=True, help="Oldest timestamp.")
 @click.option("--max-body-bytes", type=int, default=5_000_000, show_default=True, help="Larger: 413.")
 @click.option("--no-rate-limit", is_flag=True, help="Do not answer 429 (headers are still sent).")
@@ -171,6 +190,8 @@ def fake_dodo(
     keys: tuple[str, ...],
     read_only_keys: tuple[str, ...],
     meters: Path | None,
+    reject_event_ids: tuple[str, ...],
+    poison_customers: tuple[str, ...],
     window_seconds: float,
     max_body_bytes: int,
     no_rate_limit: bool,
@@ -189,21 +210,20 @@ def fake_dodo(
 
     It enforces Dodo's contract (key, limits, timestamp window, duplicate ids, rate limit), keeps
     events idempotently by event_id, and can inject faults. Point the agent at it with
-    [dodo] base_url = "http://127.0.0.1:8791" and use one of its keys. Inspect it under /_emulator/
-    (stats, events, log, faults).
+    [dodo] base_url = "http://127.0.0.1:8791" and use one of its keys. Its admin API is under
+    /_emulator/ (GET /_emulator/ lists every route with an example body). The banner is printed
+    once the port accepts connections.
 
     \b
     Example:
       dodo-outbox fake-dodo --key test_key --fault-error-rate 503=0.2
+      dodo-outbox fake-dodo --meters config/meters.example.json --reject-event-ids bad_1,bad_2
       DODO_PAYMENTS_API_KEY=test_key DODO_OUTBOX_DODO_BASE_URL=http://127.0.0.1:8791 dodo-outbox drain --once
     """
     # Imported here: the emulator pulls in uvicorn and starlette, which other commands do not need.
-    import uvicorn
-
     from agent.emulator import EmulatorConfig, serve
-    from agent.emulator.app import create_app
-    from agent.emulator.server import build_state
 
+    poison_ids = _comma_list(reject_event_ids)
     config = EmulatorConfig(
         keys=keys or ("test_key",),
         read_only_keys=read_only_keys,
@@ -214,6 +234,8 @@ def fake_dodo(
         rate_per_minute=rate_per_minute,
         meters_file=meters,
         seed=seed,
+        reject_event_ids="^(?:" + "|".join(map(re.escape, poison_ids)) + ")$" if poison_ids else None,
+        reject_customer_ids=_comma_list(poison_customers),
     )
     faults: dict[str, Any] = {
         name: value
@@ -230,19 +252,26 @@ def fake_dodo(
     }
     if host not in ("127.0.0.1", "localhost", "::1"):
         common.err.print(f"warning: listening on {host}: the fake Dodo has no TLS", markup=False)
-    common.err.print(
-        f"fake Dodo on http://{host}:{port} ({len(config.keys)} key(s)); admin API under /_emulator/",
-        markup=False,
-    )
+
+    def banner(url: str) -> None:
+        poison = f"; refusing {len(poison_ids)} event_id(s)" if poison_ids else ""
+        poison += f", {len(config.reject_customer_ids)} customer(s)" if config.reject_customer_ids else ""
+        common.err.print(
+            f"fake Dodo on {url} ({len(config.keys)} key(s){poison}); admin API under {url}/_emulator/",
+            markup=False,
+        )
+
     try:
-        if not faults:
-            serve(host, port, config)
-            return
-        state = build_state(config)
-        state.set_faults(**faults, seed=seed)
-        uvicorn.run(create_app(state), host=host, port=port, log_level="info", http="h11", lifespan="off")
+        serve(host, port, config, faults=faults | {"seed": seed} if faults else None, on_ready=banner)
     except ValueError as exc:  # a bad meters file or fault setting, named by the emulator
         raise click.UsageError(str(exc)) from None
+    except OSError as exc:  # the port is taken, or the host is not ours
+        raise click.UsageError(f"{exc} (--host / --port)") from None
+
+
+def _comma_list(values: tuple[str, ...]) -> tuple[str, ...]:
+    """`("a,b", "c")` -> `("a", "b", "c")`, blanks dropped."""
+    return tuple(item.strip() for value in values for item in value.split(",") if item.strip())
 
 
 COMMANDS: list[click.Command] = [drain, fake_dodo]

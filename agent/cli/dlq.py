@@ -17,6 +17,7 @@ from typing import IO, Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from agent import durations
 from agent.cli import common
@@ -108,17 +109,28 @@ def dlq_list(
         )
         for r in rows
     ]
-    titles = ("event_id", "event_name", "reason", "http", "attempts", "dead for")
     table = Table(box=None, pad_edge=False)
-    for i, title in enumerate(titles):
-        # Shown whole: only the response excerpt gives way on a narrow terminal.
-        table.add_column(title, no_wrap=True, min_width=max(len(title), *(len(c[i]) for c in cells)))
-    table.add_column("response", no_wrap=True, overflow="ellipsis")
+    # On a narrow terminal (80 columns, or any pipe) the short columns stay whole, long ids, names and
+    # reasons fold onto more lines (never cut: they are what `dlq show` / `--reason` take), and only
+    # the response excerpt is cut.
+    widest = [max(len(title), *(len(c[i]) for c in cells)) for i, title in enumerate(DLQ_LIST_TITLES)]
+    for i, title in enumerate(DLQ_LIST_TITLES):
+        if i < 3:
+            table.add_column(title, overflow="fold")
+        else:
+            table.add_column(title, no_wrap=True, min_width=widest[i])
+    # The response gets what the others leave (at least 6): rich folds the first three only then.
+    gaps = 2 * len(DLQ_LIST_TITLES)
+    left = common.out.width - gaps - sum(widest)
+    table.add_column("response", no_wrap=True, overflow="ellipsis", max_width=max(6, left))
     for row in cells:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # Text: a `[dodo]` in an id or reason is no markup
     common.out.print(table)
     if total > len(rows):
         common.err.print(f"{len(rows)} of {total} shown; use --limit or --json for more", markup=False)
+
+
+DLQ_LIST_TITLES = ("event_id", "event_name", "reason", "http", "attempts", "dead for")
 
 
 @dlq.command("show")

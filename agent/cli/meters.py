@@ -7,14 +7,14 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import click
 import orjson
 
 from agent.cli import common
-from agent.errors import ConfigError
+from agent.errors import ConfigError, DeliveryError
 from agent.meter_report import keys_by_name, report
 from agent.meters import dodo_client, fetch_meters, known_meters, meter_to_row, paced_get
 from agent.pacing import TokenBucket
@@ -170,25 +170,42 @@ def verify(
     Reports every sampled event Dodo does not have, or has under another customer or name (its
     event_id was used before by something else, so this usage was ignored). Requests stay within
     the [delivery] rate budget, which the running agent shares. Exit 0 when all were found, 1 when
-    any is missing or different, 75 when Dodo could not be read for some.
+    any is missing or different, 75 when Dodo could not be read for some (unreachable, or the key
+    refused), 2 without an API key. With --json the result is printed as JSON in every case, its
+    `error` naming what stopped the reads and `unread` how many sampled events were not read.
 
     \b
     Example:
       dodo-outbox verify --sample 200 --since 6h
     """
-    settings = common.load_settings(config_path)
     start = parse_since(since, time.time())
-    with common.open_store(config_path, outbox_path) as store:
-        chosen = store.delivered_sample(int(start * 1_000_000), sample)
+    try:
+        settings = common.load_settings(config_path)
+        with common.open_store(config_path, outbox_path) as store:
+            chosen = store.delivered_sample(int(start * 1_000_000), sample)
+    except ConfigError as exc:  # a bad config or no outbox: still JSON with --json
+        if not as_json:
+            raise
+        common.print_json({"since": _iso(start), "checked": 0, "error": str(exc)})
+        sys.exit(common.EXIT_USAGE)
     result: dict[str, Any] = {"since": _iso(start), "checked": len(chosen), "found": 0}
-    result |= {"missing": [], "different": [], "errors": []}
+    result |= {"missing": [], "different": [], "errors": [], "unread": 0, "error": None}
+    try:
+        client = dodo_client(settings)
+    except ConfigError as exc:  # no API key: nothing was read
+        _finish_verify(result | {"unread": len(chosen), "error": str(exc)}, as_json, common.EXIT_USAGE)
     bucket = _bucket(config_path)
     # Paced within the rate budget, a sample of 100 takes about 25 s at Dodo's default tier: show it.
-    with dodo_client(settings) as client, common.counting_bar("verify", disable=as_json) as bar:
+    with client, common.counting_bar("verify", disable=as_json) as bar:
         task = bar.add_task("verify", total=len(chosen))
-        for event_id, _name, payload in chosen:
+        for done, (event_id, _name, payload) in enumerate(chosen):
             bar.advance(task)
-            response = paced_get(client, f"/events/{quote(event_id, safe='')}", bucket)
+            try:
+                response = paced_get(client, f"/events/{quote(event_id, safe='')}", bucket)
+            except DeliveryError as exc:
+                # Dodo unreachable or the key refused: every further read would fail the same way.
+                result |= {"unread": len(chosen) - done, "error": f"{exc} (Dodo at {settings.dodo.url})"}
+                break
             if response.status_code == 404:
                 result["missing"].append(event_id)
             elif response.status_code != 200:
@@ -203,14 +220,22 @@ def verify(
                     )
                 else:
                     result["found"] += 1
+    if result["missing"] or result["different"]:
+        code = common.EXIT_FAILED
+    elif result["errors"] or result["error"]:
+        code = common.EXIT_TEMPFAIL
+    else:
+        code = common.EXIT_OK
+    _finish_verify(result, as_json, code)
+
+
+def _finish_verify(result: dict[str, Any], as_json: bool, code: int) -> NoReturn:
+    """Print the result (JSON with --json, whatever went wrong) and exit with `code`."""
     if as_json:
         common.print_json(result)
     else:
         _print_verify(result)
-    if result["missing"] or result["different"]:
-        sys.exit(common.EXIT_FAILED)
-    if result["errors"]:
-        sys.exit(common.EXIT_TEMPFAIL)
+    sys.exit(code)
 
 
 def _print_verify(result: dict[str, Any]) -> None:
@@ -218,7 +243,7 @@ def _print_verify(result: dict[str, Any]) -> None:
     missing, different, errors = (len(result[k]) for k in ("missing", "different", "errors"))
     out.print(
         f"checked {result['checked']} events delivered since {result['since']}: {result['found']} found, "
-        f"{missing} missing, {different} different, {errors} unreadable",
+        f"{missing} missing, {different} different, {errors + result['unread']} unreadable",
         markup=False,
     )
     for event_id in result["missing"]:
@@ -227,6 +252,11 @@ def _print_verify(result: dict[str, Any]) -> None:
         out.print(f"  different {item['event_id']}: {item}", markup=False)
     for item in result["errors"]:
         out.print(f"  error     {item['event_id']}: GET answered {item['status']}", markup=False)
+    if result["error"]:
+        common.err.print(
+            f"error: could not read {result['unread']} of the sampled events from Dodo: {result['error']}",
+            markup=False,
+        )
 
 
 COMMANDS: list[click.Command] = [meters_group, verify]

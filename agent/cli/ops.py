@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from agent import status as status_module
@@ -104,7 +105,7 @@ def status(
         render_status(document)
         if check:
             for failure in failures:
-                common.out.print(f"[red]CHECK FAILED[/red]: {failure}")
+                common.out.print(f"[red]CHECK FAILED[/red]: {escape(failure)}")
             if not failures:
                 common.out.print("[green]CHECK OK[/green]: no threshold crossed")
     if failures:
@@ -117,10 +118,12 @@ def render_status(document: dict[str, Any]) -> None:
     if document["paused"]:
         since = document.get("paused_since")
         ago = f" for {common.human_age(time.time() - since)}" if since else ""
-        state = f"[bold red]PAUSED[/bold red]{ago}: {document['paused_reason']}"
+        state = f"[bold red]PAUSED[/bold red]{ago}: {escape(str(document['paused_reason']))}"
     else:
         state = "[green]running[/green]"
-    out.print(f"[bold]dodo-outbox[/bold]  {document['outbox']}")
+    # Every text that comes from outside (paths, pause and dead reasons) is escaped: rich would read a
+    # `[dodo]` in it as markup and drop it.
+    out.print(f"[bold]dodo-outbox[/bold]  {escape(str(document['outbox']))}")
     out.print(f"delivery  {state}")
     counts = Table(box=None, pad_edge=False, show_edge=False)
     for name in ("pending", "inflight", "delivered", "dead"):

@@ -7,7 +7,8 @@ Dodo's API (bearer key required; see ``state.py`` for the rules and their order)
 - ``GET /events?customer_id=&event_name=&meter_id=&start=&end=&page_size=&page_number=``: ``{"items": [...]}``
 - ``GET /meters?page_size=&page_number=&archived=``: ``{"items": [...]}``, an empty page after the last
 
-The admin API under ``/_emulator/`` (no key, never rate limited, JSON in and out, 400 on a bad body):
+The admin API under ``/_emulator/`` (no key, never rate limited, JSON in and out, 400 on a bad body;
+``GET /_emulator/`` answers its index with example bodies, from ``admin.py``):
 
 - ``GET /_emulator/stats``: counters (see ``EmulatorState.stats``)
 - ``GET /_emulator/events``: ``{"items": [every stored event], "count": N}``
@@ -36,6 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agent.emulator import admin
 from agent.emulator.state import Answer, EmulatorState
 
 # Where the raw wrapper leaves a function that drops the client's connection.
@@ -224,6 +226,8 @@ def create_app(state: EmulatorState, closing: threading.Event | None = None) -> 
         Route("/events/{event_id:str}", get_event, methods=["GET"]),
         Route("/events", list_events, methods=["GET"]),
         Route("/meters", list_meters, methods=["GET"]),
+        Route("/_emulator/", _admin(lambda _: admin.index()), methods=["GET"]),
+        Route("/_emulator", _admin(lambda _: admin.index()), methods=["GET"]),
         Route("/_emulator/stats", _admin(lambda _: state.stats()), methods=["GET"]),
         Route("/_emulator/events", _admin(all_events), methods=["GET"]),
         Route("/_emulator/log", _admin(lambda _: {"items": state.ingest_log()}), methods=["GET"]),

@@ -24,6 +24,7 @@ class EmulatorConfig:
     ``reject_event_ids`` (test-only, not part of Dodo's contract) is a regular expression: an event whose
     ``event_id`` matches it (``re.search``) is refused with 400, as Dodo refuses an event it finds
     invalid. It makes "poison" events that the agent's own validation accepts, for dead-letter tests.
+    ``reject_customer_ids`` (test-only too) refuses, the same way, every event of those customers.
     """
 
     keys: Collection[str] = ("test_key",)
@@ -39,11 +40,12 @@ class EmulatorConfig:
     timeout_sleep_seconds: float = 30.0
     seed: int | None = None
     reject_event_ids: str | None = None
+    reject_customer_ids: Collection[str] = ()
 
     def __post_init__(self) -> None:
-        for name in ("keys", "read_only_keys"):
+        for name in ("keys", "read_only_keys", "reject_customer_ids"):
             if isinstance(getattr(self, name), str):
-                raise TypeError(f"{name}: expected a collection of keys, got a single string")
+                raise TypeError(f"{name}: expected a collection of strings, got a single string")
         for name in ("window_seconds", "future_seconds", "timeout_sleep_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0")

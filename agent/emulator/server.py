@@ -47,22 +47,75 @@ def build_state(
     return EmulatorState(config, clock=clock, monotonic=monotonic, extra_meters=extra)
 
 
-def serve(host: str, port: int, config: EmulatorConfig, *, log_level: str = "info") -> None:
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one). Raises OSError naming the address.
+
+    ``IPPROTO_TCP`` is explicit: asyncio sets TCP_NODELAY only on sockets whose proto is TCP, and without
+    it Nagle's algorithm and delayed ACKs add ~40 ms to every response on a kept-alive connection.
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """A uvicorn server that calls ``on_ready`` once it serves (after its startup, not before)."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            self._on_ready()
+
+
+def serve(
+    host: str,
+    port: int,
+    config: EmulatorConfig,
+    *,
+    faults: Mapping[str, Any] | None = None,
+    log_level: str = "info",
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
     """Serve the fake Dodo in the foreground until interrupted (Ctrl-C / SIGTERM).
 
-    Raises ValueError on a bad meters file, before binding. Point a client at ``http://{host}:{port}``.
+    The socket is bound first (port 0 picks a free one); ``on_ready(url)`` is called once the server
+    accepts connections, so a banner printed there never announces a port that refuses them.
+    ``faults`` is an initial fault plan (see ``faults.py``). Raises ValueError on a bad meters file or
+    fault plan and OSError when the address cannot be bound, both before serving.
     """
-    app = create_app(build_state(config))
-    # A request hung by a "timeout" fault must not hold Ctrl-C for its whole sleep.
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
+    state = build_state(config)
+    if faults:
+        state.set_faults(**faults)
+    sock = bind(host, port)
+    bound = sock.getsockname()[1]
+    url = f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
+    uvicorn_config = uvicorn.Config(
+        create_app(state),
         log_level=log_level,
         http="h11",
         lifespan="off",
+        # A request hung by a "timeout" fault must not hold Ctrl-C for its whole sleep.
         timeout_graceful_shutdown=1,
     )
+    server = _AnnouncingServer(uvicorn_config, lambda: on_ready(url) if on_ready else None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class EmulatorServer:
@@ -113,12 +166,8 @@ class EmulatorServer:
         if self._thread is not None:
             raise RuntimeError("the emulator is already started")
         self._closing.clear()
-        # Bind here rather than in uvicorn so the port is known even when it is 0. IPPROTO_TCP must be
-        # explicit: asyncio sets TCP_NODELAY only on sockets whose proto is TCP, and without it Nagle's
-        # algorithm and delayed ACKs add ~40 ms to every response on a kept-alive connection.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._requested_port))
+        # Bound here rather than in uvicorn so the port is known even when it is 0.
+        sock = bind(self.host, self._requested_port)
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(
             create_app(self.state, self._closing),

@@ -26,6 +26,7 @@ from typing import Any
 from agent.emulator.config import BUSINESS_ID, EmulatorConfig, normalize_meters
 from agent.emulator.contract import (
     ContractError,
+    ValidEvent,
     filter_events,
     format_timestamp,
     page,
@@ -68,6 +69,7 @@ class EmulatorState:
         self._initial_meters = normalize_meters([*self.config.meters, *extra_meters])
         pattern = self.config.reject_event_ids
         self._reject_event_ids = None if pattern is None else re.compile(pattern)
+        self._reject_customer_ids = frozenset(self.config.reject_customer_ids)
         self._reset_locked()
 
     def _reset_locked(self) -> None:
@@ -106,6 +108,17 @@ class EmulatorState:
                 return Answer(0, action="drop", delay_seconds=delay)
             return Answer(answer.status, answer.body, answer.headers, delay_seconds=delay)
 
+    def _refuse_poison_customers(self, valid: list[ValidEvent]) -> None:
+        """Raise 400 for the first event of a ``reject_customer_ids`` customer (test-only poison)."""
+        for index, event in enumerate(valid):
+            if event.customer_id in self._reject_customer_ids:
+                raise ContractError(
+                    400,
+                    "BAD_REQUEST",
+                    f"events[{index}].customer_id: {event.customer_id!r} is refused (the emulator's "
+                    "reject_customer_ids)",
+                )
+
     def _fault_answer(self, fault: Fault, delay: float) -> Answer:
         self._counts["faults_injected"] += 1
         headers = self._limiter.peek(self._monotonic()).headers()
@@ -136,6 +149,7 @@ class EmulatorState:
                 future_seconds=self.config.future_seconds,
                 reject_event_ids=self._reject_event_ids,
             )
+            self._refuse_poison_customers(valid)
         except _Refused as refused:
             return refused.answer
         except ContractError as error:

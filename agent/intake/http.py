@@ -11,10 +11,11 @@ An app moves to the agent by changing only its SDK's `base_url`. Same request, s
   problem; nothing of a refused request is stored.
 - `401` token, `413` body size, `408` body too slow, `415` not JSON, `429` + `Retry-After` when the
   outbox is full (the SDK retries it), `503` + `Retry-After` when shutting down or the outbox fails.
-Also `GET /healthz` (alive), `GET /readyz` (outbox open and not shutting down), `GET /v1/status`.
+Also `GET /healthz` (alive), `GET /readyz` (outbox open and not shutting down), `GET /v1/status`, and,
+when given a `Readback`, `GET /events` and `GET /events/{event_id}` forwarded to Dodo (`readback.py`).
 
-The token: when `[intake.http] token` is set, `/events/ingest` and `/v1/status` need
-`Authorization: Bearer <token>`. The official SDK sends its API key as that bearer, so apps set their
+The token: when `[intake.http] token` is set, `/events/ingest`, `/v1/status` and the forwarded reads
+need `Authorization: Bearer <token>`. The official SDK sends its API key as that bearer, so apps set their
 SDK key (`DODO_PAYMENTS_API_KEY`) to the agent's token; the real Dodo key stays with the agent.
 `extra_routes` (e.g. metrics) are served without the token check.
 Shutting down: set the `shutting_down` event given to `create_app` (or `app.state.shutting_down`).
@@ -26,7 +27,7 @@ import asyncio
 import hmac
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ from agent.errors import (
     Problem,
 )
 from agent.intake.body import Refusal, check_body, json_response, retry_headers, summary
+from agent.intake.readback import Readback
 from agent.outbox import Outbox
 
 log = structlog.get_logger("dodo_outbox.intake")
@@ -62,6 +64,7 @@ DRAIN_BYTES = 8 << 20
 its whole request before reading sees the 413 rather than a reset; beyond it the connection is cut."""
 SHUTDOWN_RETRY_AFTER = 5.0
 UNAVAILABLE_RETRY_AFTER = 2.0
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 @dataclass
@@ -235,6 +238,18 @@ class HttpIntake:
             return Refusal(503, "OUTBOX_UNAVAILABLE", f"cannot read the outbox: {exc}").response()
         return json_response(200, document)
 
+    def guarded(self, handler: Handler) -> Handler:
+        """`handler` behind the intake token (a read-back spends the agent's Dodo key)."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                self._authorize(request)
+            except Refusal as refusal:
+                return refusal.response()
+            return await handler(request)
+
+        return endpoint
+
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 404
@@ -257,6 +272,7 @@ def create_app(
     shutting_down: threading.Event | None = None,
     clock: Callable[[], float] = time.time,
     full_retry_after: float | None = None,
+    readback: Readback | None = None,
 ) -> Starlette:
     """The ASGI app of the endpoint (serve it with `agent.intake.server.HttpServer`).
 
@@ -264,6 +280,7 @@ def create_app(
     `/readyz` (e.g. `{"delivery_paused": true, "paused_reason": "..."}`); both run in a worker thread.
     Set `shutting_down` (also at `app.state.shutting_down`) to refuse new events with 503.
     `full_retry_after` overrides the Retry-After of a 429 (default: what the outbox suggests).
+    With `readback`, `GET /events` and `GET /events/{event_id}` are forwarded to Dodo (behind the token).
     """
     intake = HttpIntake(
         outbox,
@@ -281,6 +298,11 @@ def create_app(
         Route("/v1/status", intake.status_document, methods=["GET"]),
         *extra_routes,
     ]
+    if readback is not None:
+        routes += [
+            Route("/events", intake.guarded(readback.list_events), methods=["GET"]),
+            Route("/events/{event_id:path}", intake.guarded(readback.get_event), methods=["GET"]),
+        ]
     app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_found, Exception: _crashed})
     app.state.intake = intake
     app.state.shutting_down = intake.shutting_down

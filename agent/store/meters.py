@@ -41,14 +41,21 @@ class KeyStats:
     """How one metadata key looks in the recent events of one name.
 
     `missing`: events without it; `strings`: events carrying it as a string; `not_numbers`: as a
-    boolean (or anything else but a number). `example_event_id`: one event with any of these problems.
+    boolean (or anything else but a number). `example_missing`, `example_string`, `example_not_number`:
+    one event with that very problem (None when no event has it); `example_event_id`: any of them.
     """
 
     key: str
     missing: int
     strings: int
     not_numbers: int
-    example_event_id: str | None
+    example_missing: str | None = None
+    example_string: str | None = None
+    example_not_number: str | None = None
+
+    @property
+    def example_event_id(self) -> str | None:
+        return self.example_missing or self.example_string or self.example_not_number
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +137,13 @@ class MetersMixin(StoreBase):
         row = conn.execute(
             _RECENT + "SELECT coalesce(sum(t IS NULL), 0), coalesce(sum(t = 'text'), 0), "
             "coalesce(sum(t NOT IN ('integer', 'real', 'text')), 0), "
-            "min(CASE WHEN t IS NULL OR t NOT IN ('integer', 'real') THEN event_id END) "
+            # One example per problem: an example of `missing_key` must be an event without the key.
+            "min(CASE WHEN t IS NULL THEN event_id END), min(CASE WHEN t = 'text' THEN event_id END), "
+            "min(CASE WHEN t NOT IN ('integer', 'real', 'text') THEN event_id END) "
             "FROM (SELECT event_id, json_type(payload, ?) AS t FROM recent WHERE event_name = ?)",
             (since_us, max_rows, metadata_path(key), name),
         ).fetchone()
-        return KeyStats(key, int(row[0]), int(row[1]), int(row[2]), row[3])
+        return KeyStats(key, int(row[0]), int(row[1]), int(row[2]), row[3], row[4], row[5])
 
     def delivered_sample(self, since_us: int, limit: int) -> list[tuple[str, str, str]]:
         """Up to `limit` random delivered events settled since `since_us`: (event_id, event_name, payload)."""
