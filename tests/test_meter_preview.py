@@ -229,3 +229,12 @@ def test_the_range_read_uses_the_event_time_index(tmp_path: Path) -> None:
     with Store(tmp_path / "o.db") as store:
         plan = " ".join(store.explain_billable_rows())
     assert "USING INDEX dodo_outbox_event_time" in plan
+
+
+def test_status_shows_the_last_hours_unmatched_events_by_name(config_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["status", "--config", str(config_path), "--json"])
+    assert result.exit_code == 0, result.output
+    section = json.loads(result.output)["meter_checks"]
+    assert section["unmatched_by_name"] == {"image.generated": 2, "API.call": 1}
+    text = CliRunner().invoke(cli, ["status", "--config", str(config_path)])
+    assert "no meter counts (last hour)  image.generated 2, API.call 1" in text.output, text.output
