@@ -238,6 +238,10 @@ def _print_reconcile(document: dict[str, Any]) -> None:
         for side, label in (("only_in_dodo", "Dodo only  "), ("only_in_outbox", "outbox only")):
             for item in meter[side]:
                 say(f"       {label} {item['event_id']}: {item['reason']}: {item['detail']}", markup=False)
+    if document["agree"]:
+        say("the outbox and Dodo agree", markup=False)
+    else:
+        say("the outbox and Dodo differ: see each id's reason above", markup=False)
     say("assumptions:", markup=False)
     for text in document["assumptions"]:
         say(f"  - {text}", markup=False)
