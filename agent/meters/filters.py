@@ -101,12 +101,31 @@ def _parse(value: object, path: str, depth: int, strict: bool) -> Filter:
             parsed.append(_parse(clause, where, depth + 1, strict))
         else:
             parsed.append(_condition(clause, where, strict))
-    predicates = [c.predicate if isinstance(c, Filter) else _compile(c) for c in parsed]
+    predicates = tuple(c.predicate if isinstance(c, Filter) else _compile(c) for c in parsed)
+    return Filter(str(conjunction), tuple(parsed), _combine(str(conjunction), predicates))
+
+
+def _combine(conjunction: str, predicates: tuple[Predicate, ...]) -> Predicate:
+    # Plain loops, and one clause as itself: the preview runs this for every event of a meter's name.
+    if len(predicates) == 1:
+        return predicates[0]
     if conjunction == "and":
-        predicate: Predicate = lambda metadata: all(p(metadata) for p in predicates)  # noqa: E731
-    else:
-        predicate = lambda metadata: any(p(metadata) for p in predicates)  # noqa: E731
-    return Filter(str(conjunction), tuple(parsed), predicate)
+
+        def every(metadata: Metadata) -> bool:
+            for predicate in predicates:  # noqa: SIM110 (a loop: no generator per event)
+                if not predicate(metadata):
+                    return False
+            return True
+
+        return every
+
+    def some(metadata: Metadata) -> bool:
+        for predicate in predicates:  # noqa: SIM110 (a loop: no generator per event)
+            if predicate(metadata):
+                return True
+        return False
+
+    return some
 
 
 def _condition(value: object, path: str, strict: bool) -> Condition:
@@ -134,41 +153,42 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def same_value(have: object, want: object) -> bool:
-    """Equality without coercion: str with str, number with number, bool with bool."""
-    if isinstance(have, bool) or isinstance(want, bool):
-        return isinstance(have, bool) and isinstance(want, bool) and have is want
-    if _is_number(have) and _is_number(want):
-        return have == want
-    return isinstance(have, str) and isinstance(want, str) and have == want
+_MISSING: Any = object()
+_NUMBER_TYPES = (int, float)
+
+
+def _kind(value: object) -> type:
+    """The JSON type a value compares as: bool, a number (int and float alike) or str."""
+    kind = type(value)
+    return float if kind is int else kind
 
 
 def _compile(condition: Condition) -> Predicate:
+    """One condition as a predicate, specialised on the operator and the value's type (the preview
+    calls it once per event). Metadata values are what JSON decodes to: str, int, float, bool."""
     key, operator, want = condition.key, condition.operator, condition.value
-    missing = object()
-
-    def get(metadata: Metadata) -> Any:
-        return metadata.get(key, missing)
-
-    if operator == "equals":
-        return lambda m: (v := get(m)) is not missing and same_value(v, want)
-    if operator == "not_equals":
-        return lambda m: (v := get(m)) is not missing and not same_value(v, want)
+    if operator in ("equals", "not_equals"):
+        kind, equal = _kind(want), operator == "equals"
+        return lambda m: (
+            (v := m.get(key, _MISSING)) is not _MISSING and ((_kind(v) is kind and v == want) is equal)
+        )
     if operator in NUMERIC_OPERATORS:
         if not _is_number(want):
             return lambda m: False
-        compare: Callable[[Any, Any], bool] = {
-            "greater_than": lambda a, b: a > b,
-            "greater_than_or_equals": lambda a, b: a >= b,
-            "less_than": lambda a, b: a < b,
-            "less_than_or_equals": lambda a, b: a <= b,
-        }[operator]
-        return lambda m: _is_number(v := get(m)) and compare(v, want)
+        number: Any = want
+        if operator == "greater_than":
+            return lambda m: type(v := m.get(key)) in _NUMBER_TYPES and v > number
+        if operator == "greater_than_or_equals":
+            return lambda m: type(v := m.get(key)) in _NUMBER_TYPES and v >= number
+        if operator == "less_than":
+            return lambda m: type(v := m.get(key)) in _NUMBER_TYPES and v < number
+        return lambda m: type(v := m.get(key)) in _NUMBER_TYPES and v <= number
     if not isinstance(want, str):
         return lambda m: False
+    text = want
     if operator == "contains":
-        return lambda m: isinstance(v := get(m), str) and want in v
-    return lambda m: isinstance(v := get(m), str) and want not in v
+        return lambda m: type(v := m.get(key)) is str and text in v
+    return lambda m: type(v := m.get(key)) is str and text not in v
 
 
 def filter_to_json(value: Filter) -> dict[str, Any]:

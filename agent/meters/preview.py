@@ -29,6 +29,7 @@ ASSUMPTIONS = (*FILTER_ASSUMPTIONS, *AGGREGATION_ASSUMPTIONS)
 
 Number = int | float
 _MISSING = object()
+_EMPTY: Mapping[str, object] = {}
 
 
 def is_number(value: object) -> bool:
@@ -52,31 +53,36 @@ class MeterTotals:
     skipped: Counter[str] = field(default_factory=Counter)
 
     def add(self, customer_id: str, ts_us: int, metadata: Mapping[str, object]) -> bool:
-        """Count one event of this meter's name; True when it was counted (not excluded, not skipped)."""
+        """Count one event of this meter's name; True when it was counted (not excluded, not skipped).
+
+        The preview's inner loop: it runs once per event and meter, so it reads plain attributes."""
         meter = self.meter
-        if not meter.passes(metadata):
+        compiled = meter.compiled
+        if compiled is not None and not compiled.predicate(metadata):
             self.excluded_by_filter += 1
             return False
+        total = self.customers.get(customer_id)
         kind = meter.aggregation
         if kind == "count":
-            total = self.customers.setdefault(customer_id, CustomerTotal(value=0))
+            if total is None:
+                total = self.customers[customer_id] = CustomerTotal(value=0)
             total.events += 1
             total.value = total.events
             return True
         value = metadata.get(meter.key or "", _MISSING)
-        if value is _MISSING:
-            self.skipped["missing_key"] += 1
+        if type(value) is not int and type(value) is not float:  # a bool is not a number here
+            self.skipped["missing_key" if value is _MISSING else "not_a_number"] += 1
             return False
-        if not is_number(value):
-            self.skipped["not_a_number"] += 1
-            return False
-        number: Number = value  # type: ignore[assignment]
-        total = self.customers.setdefault(customer_id, CustomerTotal())
+        number: Number = value
+        if total is None:
+            total = self.customers[customer_id] = CustomerTotal()
         total.events += 1
+        current = total.value
         if kind == "sum":
-            total.value = number if total.value is None else total.value + number
+            total.value = number if current is None else current + number
         elif kind == "max":
-            total.value = number if total.value is None or number > total.value else total.value
+            if current is None or number > current:
+                total.value = number
         elif ts_us >= total.last_ts_us:  # last: rows arrive in event-time order, ties by arrival
             total.value, total.last_ts_us = number, ts_us
         return True
@@ -117,13 +123,22 @@ class Preview:
     def add_row(self, event_name: str, ts_us: int, payload: str) -> None:
         """One stored row. Only rows a shown meter (or the customer filter) needs are decoded."""
         targets = self._by_name.get(event_name)
-        if targets is None and event_name in self.index.by_name:
-            return  # a meter that is not shown counts it
-        if targets is None and self.customer is None:
+        if targets is None:
+            if event_name in self.index.by_name:
+                return  # a meter that is not shown counts it
+            if self.customer is None:
+                self.unmatched[event_name] += 1
+                return
+        event = orjson.loads(payload)
+        customer_id = event.get("customer_id", "")
+        if self.customer is not None and customer_id != self.customer:
+            return
+        if targets is None:
             self.unmatched[event_name] += 1
             return
-        event = orjson.loads(payload)
-        self.add(event_name, ts_us, event.get("customer_id", ""), event.get("metadata") or {})
+        metadata = event.get("metadata") or _EMPTY
+        for totals in targets:
+            totals.add(customer_id, ts_us, metadata)
 
     def add(self, event_name: str, ts_us: int, customer_id: str, metadata: Mapping[str, object]) -> None:
         if self.customer is not None and customer_id != self.customer:
