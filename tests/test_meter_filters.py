@@ -257,3 +257,18 @@ def test_the_enqueue_check_does_not_warn_about_what_a_filter_excludes() -> None:
     # The filter lets it through, and the meter cannot sum it: flagged.
     assert any("totalTokens" in m for m in check(model="gpt-4o"))
     assert check(model="gpt-4o", totalTokens=5) == []
+
+
+def test_pulled_filters_are_cached_and_read_back() -> None:
+    from agent.errors import DeliveryError
+    from agent.meters import meter_from_api, meter_from_row, meter_to_row
+
+    spec = all_of(cond("model", "equals", "gpt-4o"))
+    item = {"id": "m1", "name": "tokens", "event_name": "llm.chat"}
+    item |= {"aggregation": {"type": "sum", "key": "n"}, "filter": spec}
+    meter = meter_from_api(item)
+    back = meter_from_row(meter_to_row(meter, 0, 1))
+    assert back == meter and back.filter == spec
+    assert back.passes({"model": "gpt-4o"}) and not back.passes({"model": "claude"})
+    with pytest.raises(DeliveryError, match=r"meter 'tokens' with a filter we cannot read: filter\.clauses"):
+        meter_from_api(item | {"filter": {"conjunction": "and", "clauses": []}})

@@ -139,3 +139,60 @@ def test_reconcile_needs_pulled_meters(tmp_path: Path) -> None:
         pass
     result = run(path, "reconcile")
     assert result.exit_code == 2 and "no pulled meters to reconcile" in result.output
+
+
+def test_each_reason_for_an_id_on_one_side_only() -> None:
+    import orjson
+
+    from agent.meters import Meter
+    from agent.meters.reconcile import MAX_LOOKUPS, Comparison, Reconciler
+    from agent.store import RangeRow
+
+    meter = Meter("llm.chat", "sum", "n", "tokens", "mtr_t", TOKENS["filter"])
+    window = (1_000_000, 2_000_000)
+    ok = {"model": "gpt-4o", "region": "eu", "n": 1}
+
+    def row(
+        event_id: str, state: str = "delivered", ts: int = 1_500_000, restamped: bool = False, **md: Any
+    ) -> RangeRow:
+        payload = orjson.dumps(
+            {"event_id": event_id, "customer_id": "c", "event_name": "llm.chat", "metadata": md}
+        )
+        return RangeRow(event_id, "llm.chat", ts, state, restamped, payload.decode())
+
+    rows = {
+        "pending": row("pending", "pending", **ok),
+        "stamped": row("stamped", restamped=True, **ok),
+        "outside": row("outside", ts=2_500_000, **ok),
+        "excluded": row("excluded", model="claude", region="eu"),
+    }
+    comparison = Comparison(meter)
+    comparison.outbox = {"late": True, "gone": False, "b_moved": False, "elsewhere": False}
+    comparison.outbox |= {f"many{i:03d}": False for i in range(MAX_LOOKUPS + 1)}
+    dodo_copies = {"b_moved": {"event_name": "llm.chat", "timestamp": "1970-01-01T00:00:05Z"}}
+    dodo_copies |= {"elsewhere": {"event_name": "other"}}
+    dodo_copies |= {
+        f"many{i:03d}": {"event_name": "llm.chat", "timestamp": "1970-01-01T00:00:01.5Z"}
+        for i in range(MAX_LOOKUPS + 1)
+    }
+    listed = {k: {} for k in (*rows, "foreign")}
+    Reconciler([meter], window).compare(
+        comparison, listed, lambda ids: {i: rows[i] for i in ids if i in rows}, dodo_copies.get
+    )
+    assert {i["event_id"]: i["reason"] for i in comparison.only_in_dodo} == {
+        "pending": "not_delivered",
+        "stamped": "late",
+        "outside": "time",
+        "excluded": "filter",
+        "foreign": "not_in_outbox",
+    }
+    reasons = {i["event_id"]: i["reason"] for i in comparison.only_in_outbox}
+    assert (reasons["late"], reasons["gone"], reasons["b_moved"], reasons["elsewhere"]) == (
+        "late",
+        "unknown_customer",
+        "time",
+        "different_event",
+    )
+    # Read back at most MAX_LOOKUPS ids; the rest are named as unchecked, not guessed.
+    manies = [r for i, r in reasons.items() if i.startswith("many")]
+    assert manies.count("unchecked") == 4 and manies.count("filter") == MAX_LOOKUPS + 1 - 4
