@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from agent import config
-from agent.errors import ConfigError
 from agent.meters import Meter, MeterChecker, parse_filter
 from agent.meters.filters import FilterError, filter_to_json
+from tests.test_meters import test_config_errors_name_the_key as expect_config_error
 
 
 def cond(key: str, operator: str, value: Any) -> dict[str, Any]:
@@ -177,12 +177,7 @@ def test_three_levels_and_ten_clauses_are_fine() -> None:
     parse_filter(all_of(*[cond("a", "equals", i) for i in range(10)]))
 
 
-TOML_METER = """
-[[meters]]
-name = "api"
-event_name = "api.call"
-aggregation = "count"
-
+ISSUE_METER = """
 [[meters]]
 name = "tokens"
 event_name = "llm.chat"
@@ -191,17 +186,19 @@ key = "totalTokens"
 [meters.filter]
 conjunction = "and"
 clauses = [
-  {{ key = "model", operator = "{operator}", value = "gpt-4o" }},
-  {{ conjunction = "or", clauses = [
-      {{ key = "region", operator = "equals", value = "eu" }},
-      {{ key = "region", operator = "equals", value = "us" }} ] }},
+  { key = "model", operator = "equals", value = "gpt-4o" },
+  { conjunction = "or", clauses = [
+      { key = "region", operator = "equals", value = "eu" },
+      { key = "region", operator = "equals", value = "us" } ] },
 ]
 """
+"""The issue's example meter, as a user writes it in the config."""
+TOML_METER = '[[meters]]\nname = "api"\nevent_name = "api.call"\naggregation = "count"\n' + ISSUE_METER
 
 
 def test_config_reads_the_issue_example(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
-    path.write_text(TOML_METER.format(operator="equals"))
+    path.write_text(TOML_METER)
     settings = config.load(path, environ={})
     spec = settings.meters[1]
     assert spec.filter == all_of(
@@ -215,7 +212,7 @@ def test_config_reads_the_issue_example(tmp_path: Path) -> None:
     ("text", "message"),
     [
         (
-            TOML_METER.format(operator="eq"),
+            TOML_METER.replace('operator = "equals", value = "gpt-4o"', 'operator = "eq", value = "gpt-4o"'),
             "[[meters]] #2 (tokens) filter.clauses[0].operator 'eq' is unknown",
         ),
         (
@@ -235,11 +232,7 @@ def test_config_reads_the_issue_example(tmp_path: Path) -> None:
     ],
 )
 def test_config_filter_errors_name_meter_and_path(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "agent.toml"
-    path.write_text(text)
-    with pytest.raises(ConfigError) as caught:
-        config.load(path, environ={})
-    assert message in str(caught.value)
+    expect_config_error(tmp_path, text, message)
 
 
 def test_the_enqueue_check_does_not_warn_about_what_a_filter_excludes() -> None:

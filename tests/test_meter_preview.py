@@ -18,25 +18,13 @@ from click.testing import CliRunner
 from agent.cli import cli
 from agent.outbox import Outbox
 from agent.store import Store
+from tests.test_meter_filters import ISSUE_METER
 
 CONFIG = """
 [outbox]
 path = "{outbox}"
 
-[[meters]]
-name = "tokens"
-event_name = "llm.chat"
-aggregation = "sum"
-key = "totalTokens"
-[meters.filter]
-conjunction = "and"
-clauses = [
-  { key = "model", operator = "equals", value = "gpt-4o" },
-  { conjunction = "or", clauses = [
-      { key = "region", operator = "equals", value = "eu" },
-      { key = "region", operator = "equals", value = "us" } ] },
-]
-
+{tokens}
 [[meters]]
 name = "peak"
 event_name = "llm.chat"
@@ -149,7 +137,7 @@ def config_path(tmp_path: Path) -> Path:
         for body in EVENTS:  # one by one: arrival order is list order
             box.enqueue(body)
     path = tmp_path / "agent.toml"
-    path.write_text(CONFIG.replace("{outbox}", str(outbox)))
+    path.write_text(CONFIG.replace("{outbox}", str(outbox)).replace("{tokens}", ISSUE_METER))
     return path
 
 
