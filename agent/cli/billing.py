@@ -135,7 +135,7 @@ def _print_preview(document: dict[str, Any], hints: dict[str, str]) -> None:
         say(f"\n{meter['name']}  ({meter['aggregation']}{over} of {meter['event_name']})", markup=False)
         say(f"  {'customer':<32} {'events':>10} {'value':>16}", markup=False)
         for customer, total in meter["customers"].items():
-            value = "-" if total["value"] is None else f"{total['value']:g}"
+            value = "-" if total["value"] is None else str(total["value"])
             say(f"  {customer:<32} {total['events']:>10} {value:>16}", markup=False)
         if not meter["customers"]:
             say("  (no events counted)", markup=False)

@@ -36,7 +36,9 @@ class PreviewMixin(StoreBase):
 
     def billable_rows(self, from_us: int, until_us: int) -> Iterator[tuple[str, str, int, str, int, str]]:
         """Rows not dead whose event time is in [from_us, until_us), as plain tuples
-        (event_id, event_name, ts_us, state, restamped, payload), in event-time order.
+        (event_id, event_name, ts_us, state, restamped, payload): in the index's order (event time,
+        then arrival), or arrival order where the index is missing; equal times come in arrival order
+        either way, which is all `last` needs.
 
         Streamed in chunks; the process lock is held until the iterator is exhausted or closed, so
         consume it promptly (the CLI's read commands do) and close it when stopping early.
