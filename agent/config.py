@@ -128,6 +128,8 @@ class MeterSpec:
     aggregation: str
     key: str | None = None
     name: str | None = None
+    filter: Mapping[str, Any] | None = None
+    """The meter's filter in Dodo's shape, already checked (see agent/meters/filters.py)."""
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,7 @@ def _meters(value: Any) -> tuple[MeterSpec, ...]:
                 known = ", ".join(sorted(fields))
                 also = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {known}"
                 raise ConfigError(f"{where} {key}: unknown key{also}")
-        for key in fields:
+        for key in fields - {"filter"}:
             if key in item and not isinstance(item[key], str):
                 raise ConfigError(f"{where} {key} = {item[key]!r} must be a string (in quotes)")
         if not item.get("event_name"):
@@ -342,8 +344,31 @@ def _meters(value: Any) -> tuple[MeterSpec, ...]:
             raise ConfigError(
                 f"{where} key: required for aggregation {aggregation!r}, the metadata key it aggregates"
             )
-        specs.append(MeterSpec(item["event_name"], aggregation, item.get("key") or None, item.get("name")))
+        if item.get("name"):
+            where += f" ({item['name']})"
+        specs.append(
+            MeterSpec(
+                item["event_name"],
+                aggregation,
+                item.get("key") or None,
+                item.get("name"),
+                _filter(item, where),
+            )
+        )
     return tuple(specs)
+
+
+def _filter(item: Mapping[str, Any], where: str) -> Mapping[str, Any] | None:
+    """A meter's `[meters.filter]`, checked in Dodo's shape. Raises ConfigError naming meter and path."""
+    if "filter" not in item:
+        return None
+    # Imported here: agent.meters imports this module (its meters come from the config).
+    from agent.meters.filters import FilterError, filter_to_json, parse_filter
+
+    try:
+        return filter_to_json(parse_filter(item["filter"]))
+    except FilterError as exc:
+        raise ConfigError(f"{where} {exc}") from None
 
 
 def _flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:

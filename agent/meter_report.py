@@ -80,7 +80,8 @@ def status_section(
     settings: Settings, store: Store, now: float, window_seconds: float = 3600.0
 ) -> dict[str, Any]:
     """The `meter_checks` section of `status` for any process: recent events (last `window_seconds`)
-    that would not be billed, by reason, computed from the outbox file and the known meters."""
+    that would not be billed, by reason (`meter_warnings`), and the events no meter counts, by
+    event name (`unmatched_by_name`), computed from the outbox file and the known meters."""
     meters = known_meters(settings, store)
     section: dict[str, Any] = {
         "enabled": settings.meter_checks.enabled,
@@ -88,13 +89,18 @@ def status_section(
         "meters_known": None if meters is None else len(meters),
         "meters_pulled_at": store.meters_pulled_at_us(),
         "meter_warnings": {},
+        "unmatched_by_name": {},
     }
     if meters is None:
         return section
     since_us = int((now - window_seconds) * 1_000_000)
     warnings: Counter[str] = Counter()
+    unmatched: dict[str, int] = {}
     for entry in report(store.recent_events_by_name(since_us, keys_by_name(meters)), meters):
         for problem in entry["problems"]:
             warnings[problem["reason"]] += problem["events"]
+            if problem["reason"] in (Reason.NO_METER, Reason.CASE_MISMATCH):
+                unmatched[entry["event_name"]] = problem["events"]
     section["meter_warnings"] = dict(warnings)
+    section["unmatched_by_name"] = unmatched
     return section

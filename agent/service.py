@@ -97,7 +97,7 @@ class Agent:
             app = create_app(
                 self.outbox,
                 settings.intake_http,
-                status=lambda: status_module.build(self._store()),
+                status=lambda: status_module.build(self._store(), settings=self.settings),
                 readiness=self._readiness,
                 extra_routes=ops_routes(self._store(), settings),
                 shutting_down=self.shutting_down,

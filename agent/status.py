@@ -4,7 +4,8 @@ It reads only the outbox file, so it works whether or not the agent is running.
 
 Public contract (monitoring scripts read these; add keys, never rename): `pending`, `inflight`,
 `delivered`, `dead`, `oldest_pending_age_seconds`, `paused`, `paused_reason`, and since 0.1
-`rates` (per window `5m` / `1h`), `top_dead_reasons` and `delivered_per_minute`.
+`rates` (per window `5m` / `1h`), `top_dead_reasons` and `delivered_per_minute`; `meter_checks`
+(with `meter_warnings` and `unmatched_by_name`) when built with the settings.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import time
 from typing import Any
 
+from agent.config import Settings
+from agent.meter_report import status_section
 from agent.store import Store, WindowRates
 
 PAUSE_KEY = "delivery_paused"
@@ -23,10 +26,12 @@ DEFAULT_MAX_BACKLOG_AGE = 1800.0
 """`status --check` fails past 30 minutes: well before Dodo refuses events older than 1 hour."""
 
 
-def build(store: Store, now: float | None = None) -> dict[str, Any]:
+def build(store: Store, now: float | None = None, settings: Settings | None = None) -> dict[str, Any]:
     """Counts by state, the age of the oldest undelivered event, whether delivery is paused, delivery
     and success rates over the last 5 minutes and hour, the top dead-letter reasons and events
-    delivered per minute over the last hour (oldest minute first)."""
+    delivered per minute over the last hour (oldest minute first). With `settings`, also
+    `meter_checks`: the last hour's events that would not be billed, by reason and, for those no
+    meter counts, by event name (see agent/meter_report.py)."""
     now = time.time() if now is None else now
     now_us = int(now * 1_000_000)
     counts = store.counts()
@@ -47,7 +52,7 @@ def build(store: Store, now: float | None = None) -> dict[str, Any]:
         "top_dead_reasons": [{"reason": r, "count": n} for r, n in store.top_dead_reasons(5)],
         "delivered_per_minute": store.delivered_per_minute(now_us, SPARKLINE_MINUTES),
         "generated_at": round(now, 3),
-    }
+    } | ({} if settings is None else {"meter_checks": status_section(settings, store, now)})
 
 
 def rate_document(rates: WindowRates) -> dict[str, Any]:

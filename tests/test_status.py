@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from agent import status as status_module
 from agent.cli import cli
 from agent.cli.ops import sparkline
+from agent.config import Settings
 from agent.store import Store
 from tests.ops_helpers import NOW, add_dead, add_delivered, add_pending, us
 
@@ -72,7 +73,7 @@ def test_json_is_the_same_document(db: Path) -> None:
     assert code == 0
     printed = json.loads(out)
     with Store(db) as store:
-        built = status_module.build(store)
+        built = status_module.build(store, settings=Settings())
     for key in ("generated_at", "oldest_pending_age_seconds", "oldest_pending_wait_seconds"):
         assert printed.pop(key) == pytest.approx(built.pop(key), abs=5)
     assert printed == built

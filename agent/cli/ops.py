@@ -84,8 +84,9 @@ def status(
       dodo-outbox status --json | jq '.rates["1h"]'
       dodo-outbox status --check --max-backlog-age 1800 --max-dead 0 --min-success-rate 0.99
     """
+    settings = common.load_settings(config_path)
     with common.open_store(config_path, outbox_path) as store:
-        document = status_module.build(store)
+        document = status_module.build(store, settings=settings)
     failures = (
         status_module.check(
             document,
@@ -155,6 +156,10 @@ def render_status(document: dict[str, Any]) -> None:
     if document["top_dead_reasons"]:
         shown = ", ".join(f"{r['reason']} {r['count']:,}" for r in document["top_dead_reasons"])
         out.print(f"top dead-letter reasons  {shown}", markup=False)
+    unmatched = document.get("meter_checks", {}).get("unmatched_by_name")
+    if unmatched:
+        shown = ", ".join(f"{name} {count:,}" for name, count in unmatched.items())
+        out.print(f"no meter counts (last hour)  {shown}", markup=False)
 
 
 COMMANDS: list[click.Command] = [status, dlq]

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.emulator.meterfilter import check_filter
+
 AGGREGATIONS = ("count", "sum", "max", "last")
 BUSINESS_ID = "bus_emulator"  # the one business every event and meter of the emulator belongs to
 EPOCH = "2025-01-01T00:00:00.000Z"  # created_at / updated_at of configured meters
@@ -17,7 +19,8 @@ EPOCH = "2025-01-01T00:00:00.000Z"  # created_at / updated_at of configured mete
 class EmulatorConfig:
     """How the emulator starts. ``keys`` may write and read; ``read_only_keys`` read, and get 403 on ingest.
 
-    ``meters`` (dicts with ``event_name`` and ``aggregation {type, key}``; ``id``, ``name``, ``filter``,
+    ``meters`` (dicts with ``event_name`` and ``aggregation {type, key}``; ``id``, ``name``, ``filter``
+    (Dodo's shape, checked by ``meterfilter.py`` and applied by ``GET /events?meter_id=``),
     ``archived`` get defaults) and ``meters_file`` (a JSON list of the same, loaded by ``server.py``)
     are combined. ``seed`` seeds the random fault draws.
 
@@ -74,6 +77,8 @@ def normalize_meters(meters: Collection[Mapping[str, Any]]) -> list[dict[str, An
         if aggregation["type"] != "count" and not isinstance(aggregation.get("key"), str):
             raise ValueError(f"{where}.aggregation.key: required for {aggregation['type']}")
         meter["aggregation"] = {"type": aggregation["type"], "key": aggregation.get("key")}
+        if meter.get("filter") is not None:
+            check_filter(meter["filter"], f"{where}.filter")
         # The fields the official SDK's Meter model requires, so it parses what GET /meters returns.
         defaults = {
             "id": f"mtr_emulator_{index}",

@@ -31,6 +31,8 @@ from typing import Any
 
 import orjson
 
+from agent.emulator.meterfilter import passes
+
 MAX_EVENTS = 1000
 MAX_METADATA_KEYS = 50
 MAX_METADATA_KEY_CHARS = 100
@@ -233,12 +235,17 @@ def page(items: list[dict[str, Any]], params: Mapping[str, str]) -> list[dict[st
 def filter_events(
     events: Iterable[dict[str, Any]], meters: Iterable[dict[str, Any]], params: Mapping[str, str]
 ) -> list[dict[str, Any]]:
-    """The events matching ``customer_id``, ``event_name``, ``meter_id`` (its event name), ``start`` and
-    ``end`` (ISO 8601, inclusive), in the order given; not copies. Raises ContractError (422)."""
+    """The events matching ``customer_id``, ``event_name``, ``meter_id`` (its event name and filter),
+    ``start`` and ``end`` (ISO 8601, inclusive), in the order given; not copies.
+
+    Raises ContractError (422)."""
     names = {params["event_name"]} if "event_name" in params else None
+    meter_filter: dict[str, Any] | None = None
     if "meter_id" in params:
-        meter_names = {m["event_name"] for m in meters if m["id"] == params["meter_id"]}
+        chosen = [m for m in meters if m["id"] == params["meter_id"]]
+        meter_names = {m["event_name"] for m in chosen}
         names = meter_names if names is None else names & meter_names
+        meter_filter = chosen[0].get("filter") if chosen else None
     bounds: dict[str, str] = {}
     for name in ("start", "end"):
         if name in params:
@@ -254,4 +261,5 @@ def filter_events(
         # Stored timestamps share one format and zone, so the strings sort as the instants do.
         and ("start" not in bounds or event["timestamp"] >= bounds["start"])
         and ("end" not in bounds or event["timestamp"] <= bounds["end"])
+        and passes(meter_filter, event["metadata"])
     ]

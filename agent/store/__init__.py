@@ -11,11 +11,12 @@ from agent.store.clock import ClockMixin
 from agent.store.dlq import DeadFilter, DlqMixin, FileStats, ReplayChunk, WindowRates
 from agent.store.meters import MetersMixin
 from agent.store.ops import EventRecord, OpsMixin
+from agent.store.preview import PreviewMixin, RangeRow
 from agent.store.queue import Claimed, InsertResult, QueueMixin, insert_in_transaction
 from agent.store.schema import SCHEMA_VERSION
 
 
-class Store(QueueMixin, OpsMixin, DlqMixin, MetersMixin, ClockMixin):
+class Store(QueueMixin, OpsMixin, DlqMixin, MetersMixin, PreviewMixin, ClockMixin):
     """The outbox file. Thread-safe; open one per process and share it."""
 
 
@@ -27,6 +28,7 @@ __all__ = [
     "EventRecord",
     "FileStats",
     "InsertResult",
+    "RangeRow",
     "ReplayChunk",
     "State",
     "Store",

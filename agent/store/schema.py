@@ -83,7 +83,13 @@ CREATE TABLE IF NOT EXISTS dodo_outbox_meters (
 );
 """
 
-MIGRATIONS: Sequence[str] = (_V1,)
+# Event time over the rows that bill (not dead): `meters preview` and `reconcile` read a time range
+# through it instead of scanning the file. IF NOT EXISTS: safe to renumber when migrations merge.
+_V2_EVENT_TIME = """
+CREATE INDEX IF NOT EXISTS dodo_outbox_event_time ON dodo_outbox_events (ts) WHERE state <> 'dead';
+"""
+
+MIGRATIONS: Sequence[str] = (_V1, _V2_EVENT_TIME)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
