@@ -137,6 +137,26 @@ class Stack:
         assert (response.status_code, response.headers["X-Replayed"]) == (200, "true"), response.text
         return response
 
+    def assert_bad_requests_refused(self) -> None:
+        """Each bad request gets a clear error and bills nothing (assert_billed_once counts 200s only)."""
+        url = f"{self.app_url}/generate"
+        alice = {"X-API-Key": "demo_key_alice"}
+        cases: list[tuple[dict[str, str], Any, int, str]] = [
+            ({}, {"prompt": "x"}, 401, "X-API-Key"),
+            ({"X-API-Key": "stolen"}, {"prompt": "x"}, 401, "X-API-Key"),
+            (alice, b"{not json", 400, "JSON"),
+            (alice, {"resolution": "64x64"}, 400, "prompt"),
+            (alice, {"prompt": "x", "resolution": ["64x64"]}, 400, "resolution"),
+            (alice | {"X-Request-ID": "req-0"}, {"prompt": "another prompt"}, 409, "req-0"),
+        ]
+        for headers, body, status, named in cases:
+            if isinstance(body, bytes):
+                response = self.http.post(url, headers=headers, content=body)
+            else:
+                response = self.http.post(url, headers=headers, json=body)
+            assert response.status_code == status, (body, response.text)
+            assert named in response.json()["error"]
+
     def outbox_rows(self, *states: str) -> int:
         """Rows of the outbox (the app's database) in these states."""
         marks = ",".join("?" * len(states))
@@ -216,6 +236,7 @@ def test_library_mode_bills_once_and_loses_nothing_while_the_agent_is_killed(sta
     first = stack.generate_ok(3)
     again = stack.retry(1)
     assert (again.content, again.headers["X-Tokens"]) == (first[1].content, first[1].headers["X-Tokens"])
+    stack.assert_bad_requests_refused()
     stack.wait_delivered()
 
     assert stack.agent is not None

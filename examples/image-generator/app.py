@@ -31,6 +31,8 @@ from agent import Outbox
 
 
 class Refused(Exception):
+    """The request cannot be served: answer `status` with `message`."""
+
     def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, dict(headers or {})
@@ -124,7 +126,7 @@ async def generate(request: Request) -> Response:
     if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > 1000:
         return _error(400, "prompt: required, a non-empty string of at most 1000 characters")
     resolution = body.get("resolution", "256x256")
-    if resolution not in imaging.RESOLUTIONS:
+    if not isinstance(resolution, str) or resolution not in imaging.RESOLUTIONS:
         return _error(400, f"resolution: one of {', '.join(imaging.RESOLUTIONS)}")
     try:
         generation, replayed = await run_in_threadpool(
