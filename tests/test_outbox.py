@@ -202,6 +202,31 @@ def test_transactional_outbox_commits_and_rolls_back_with_the_app(tmp_path: Path
     assert sqlite3.connect(app_db).execute("SELECT count(*) FROM orders").fetchone()[0] == 1
 
 
+@pytest.mark.parametrize("app_version", [0, 7])
+def test_the_outbox_leaves_the_apps_schema_version_alone(tmp_path: Path, app_version: int) -> None:
+    """Apps version their own schema with PRAGMA user_version; the outbox in their file must not.
+
+    Before: the agent refused an app's database at user_version 7 ("written by a newer dodo-outbox"),
+    and moved one at 0 to 1, so the app's own migration 1 would have been skipped.
+    """
+    app_db = tmp_path / "app.db"
+    app = sqlite3.connect(app_db, isolation_level=None)
+    app.execute("PRAGMA journal_mode = WAL")
+    app.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    app.execute(f"PRAGMA user_version = {app_version}")
+    with Store(app_db):  # the agent opens the app's database before the app ever enqueued
+        pass
+    with Outbox(app_db) as outbox:
+        app.execute("BEGIN IMMEDIATE")
+        app.execute("INSERT INTO orders DEFAULT VALUES")
+        outbox.enqueue(event("order-1"), conn=app)
+        app.execute("COMMIT")
+    with Store(app_db) as store:
+        assert store.get("eorder-1") is not None
+    assert app.execute("PRAGMA user_version").fetchone()[0] == app_version
+    app.close()
+
+
 def test_capacity_refuses_without_storing_and_recovers(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     with Outbox(path, max_events=3) as outbox:

@@ -39,7 +39,9 @@ def raw(store: Store) -> sqlite3.Connection:
 def test_pragmas_and_schema_version(store: Store) -> None:
     conn = raw(store)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    version = conn.execute("SELECT value FROM dodo_outbox_kv WHERE key = 'schema_version'").fetchone()
+    assert version == (str(SCHEMA_VERSION),)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 0  # an app's, when it shares the file
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
     assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
@@ -60,10 +62,26 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     with Store(tmp_path / "o.db"):
         pass
     conn = sqlite3.connect(tmp_path / "o.db")
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with conn:
+        sql = "UPDATE dodo_outbox_kv SET value = ? WHERE key = 'schema_version'"
+        conn.execute(sql, (SCHEMA_VERSION + 1,))
     conn.close()
     with pytest.raises(Exception, match="newer dodo-outbox"):
         Store(tmp_path / "o.db")
+
+
+def test_a_file_from_before_the_version_row_opens_with_its_rows(tmp_path: Path) -> None:
+    """Outbox files written while the version lived in PRAGMA user_version (= 1) have no version row."""
+    with Store(tmp_path / "o.db") as s:
+        s.insert_groups([(events("a"), "cli")], 1)
+    conn = sqlite3.connect(tmp_path / "o.db")
+    with conn:
+        conn.execute("DELETE FROM dodo_outbox_kv WHERE key = 'schema_version'")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with Store(tmp_path / "o.db") as s:
+        assert s.counts()["pending"] == 1
+        assert s.kv_get("schema_version") is not None
 
 
 def test_garbage_file_is_reported_as_corrupt_with_advice(tmp_path: Path) -> None:

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.errors import OutboxError
 from agent.store.base import StoreBase
-from agent.store.schema import STATES
+from agent.store.schema import STATES, stored_version
 from agent.timestamps import strip_timestamp
 
 COLUMNS = (
@@ -162,8 +163,8 @@ def check(path: Path, *, full: bool = True, limit: int = 20) -> Health:
                 health.problems.extend(found)
         except sqlite3.DatabaseError as exc:
             health.problems.append(f"{pragma} failed: {exc}")
-        with contextlib.suppress(sqlite3.DatabaseError):
-            health.schema_version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        with contextlib.suppress(sqlite3.DatabaseError, OutboxError):
+            health.schema_version = stored_version(conn)
         with contextlib.suppress(sqlite3.DatabaseError):
             counts = dict.fromkeys(STATES, 0)
             for state, count in conn.execute(

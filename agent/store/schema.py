@@ -3,13 +3,16 @@
 Tables are prefixed `dodo_outbox_` so the outbox can live inside an application's own SQLite database
 (the transactional outbox) without clashing with its tables.
 
-Migrations are a list; the schema version is `PRAGMA user_version`. A migration runs in the same
-transaction as the version bump, so a crash leaves the file at the old version or the new one.
+Migrations are a list; the schema version is the `schema_version` row of `dodo_outbox_kv`, not
+`PRAGMA user_version`: that belongs to the application whose database may hold the outbox, and its own
+migrations may count with it. A migration runs in the same transaction as the version bump, so a crash
+leaves the file at the old version or the new one.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 
 from agent.errors import ConfigError, OutboxError
@@ -92,6 +95,9 @@ CREATE INDEX IF NOT EXISTS dodo_outbox_event_time ON dodo_outbox_events (ts) WHE
 MIGRATIONS: Sequence[str] = (_V1, _V2_EVENT_TIME)
 SCHEMA_VERSION = len(MIGRATIONS)
 
+VERSION_KEY = "schema_version"
+"""The `dodo_outbox_kv` row holding the schema version."""
+
 SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 
 
@@ -117,16 +123,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema up to SCHEMA_VERSION; return the version found before. Safe to race."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if found > SCHEMA_VERSION:
-            raise OutboxError(
-                f"the outbox was written by a newer dodo-outbox (schema {found}, this one knows "
-                f"{SCHEMA_VERSION}); upgrade dodo-outbox"
-            )
-        for version in range(found, SCHEMA_VERSION):
-            for statement in _statements(MIGRATIONS[version]):
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        found = _upgrade(conn)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -139,10 +136,48 @@ def ensure_tables(conn: sqlite3.Connection) -> None:
 
     Used by the transactional outbox; DDL is transactional in SQLite, so a rollback undoes it too.
     """
-    if _has_tables(conn):
-        return
-    for statement in _statements(_V1):
-        conn.execute(statement)
+    if not _has_tables(conn):
+        _upgrade(conn)
+
+
+def stored_version(conn: sqlite3.Connection) -> int:
+    """The outbox schema version of this file: 0 when it has no outbox tables.
+
+    Files written before the version moved out of `PRAGMA user_version` have no row; they hold
+    version 1, the only one there was. Raises OutboxError when the row is not a number.
+    """
+    if not _has_tables(conn):
+        return 0
+    row = conn.execute("SELECT value FROM dodo_outbox_kv WHERE key = ?", (VERSION_KEY,)).fetchone()
+    if row is None:
+        return 1
+    try:
+        return int(row[0])
+    except ValueError:
+        raise OutboxError(
+            f"the outbox's schema version (dodo_outbox_kv key {VERSION_KEY!r}) is {row[0]!r}, not a number"
+        ) from None
+
+
+def _upgrade(conn: sqlite3.Connection) -> int:
+    """Run the missing migrations and record the version, in the caller's transaction."""
+    found = stored_version(conn)
+    if found > SCHEMA_VERSION:
+        raise OutboxError(
+            f"the outbox was written by a newer dodo-outbox (schema {found}, this one knows "
+            f"{SCHEMA_VERSION}); upgrade dodo-outbox"
+        )
+    for version in range(found, SCHEMA_VERSION):
+        for statement in _statements(MIGRATIONS[version]):
+            conn.execute(statement)
+    # Written when missing too (files from before it), so every file says its version plainly.
+    conn.execute(
+        "INSERT INTO dodo_outbox_kv (key, value, updated_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at "
+        "WHERE value != excluded.value",
+        (VERSION_KEY, str(SCHEMA_VERSION), int(time.time() * 1_000_000)),
+    )
+    return found
 
 
 def _has_tables(conn: sqlite3.Connection) -> bool:
