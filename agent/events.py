@@ -387,12 +387,25 @@ def duplicate_ids(events: Sequence[object], path: str = "events") -> list[Proble
     return problems
 
 
-def same_content(a_payload: str, a_stamped: bool, b_payload: str, b_stamped: bool) -> bool:
-    """Whether two payloads are the same event (idempotent retry) rather than a conflict.
+SAME, RETIMED, CONFLICT = "same", "retimed", "conflict"
+"""How a stored (or earlier) event and a new one with the same event_id compare (`compare_content`)."""
+
+
+def compare_content(a_payload: str, a_stamped: bool, b_payload: str, b_stamped: bool) -> str:
+    """SAME (an idempotent retry), RETIMED (the same event with another producer-given timestamp: a
+    producer that rebuilt the event in a retry loop; also a duplicate, worth a note) or CONFLICT.
 
     A timestamp the agent stamped itself is not content: a retry of an event without a timestamp is
-    stamped again with a later time, and is still the same event.
+    stamped again with a later time, and is still the same event. Payloads are canonical (one spelling
+    per instant, timestamp last), so equal events have equal text.
     """
-    if a_stamped or b_stamped:
-        return strip_timestamp(a_payload) == strip_timestamp(b_payload)
-    return a_payload == b_payload
+    if a_payload == b_payload:
+        return SAME
+    if strip_timestamp(a_payload) != strip_timestamp(b_payload):
+        return CONFLICT
+    return SAME if a_stamped or b_stamped else RETIMED
+
+
+def same_content(a_payload: str, a_stamped: bool, b_payload: str, b_stamped: bool) -> bool:
+    """Whether two payloads are the same event (a retry, perhaps retimed) rather than a conflict."""
+    return compare_content(a_payload, a_stamped, b_payload, b_stamped) != CONFLICT

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.errors import EventConflictError, InvalidEventError, OutboxError, OutboxFullError, Problem
 from agent.events import Event, check_event, validate_many
-from agent.store import InsertResult, Store, StoreOptions, insert_in_transaction
+from agent.store import InsertResult, Retimed, Store, StoreOptions, insert_in_transaction
 
 if TYPE_CHECKING:
     import sqlite3
@@ -34,7 +34,9 @@ class EnqueueResult:
 
     `new`: event_ids stored now. `duplicates`: already in the outbox with the same content (not stored
     twice). `warnings`: accepted oddities (e.g. a numeric string Dodo cannot aggregate). `late`: events
-    already outside Dodo's 1-hour window (the late-event policy applies at delivery).
+    already outside Dodo's 1-hour window (the late-event policy applies at delivery). `retimed`: the
+    duplicates whose producer-given timestamp differed from the stored one (a producer that rebuilt the
+    event in a retry loop); the stored event was kept, `notes()` says so.
     """
 
     new: list[str] = field(default_factory=list)
@@ -42,6 +44,17 @@ class EnqueueResult:
     warnings: list[Problem] = field(default_factory=list)
     late: list[str] = field(default_factory=list)
     source: str = "library"
+    retimed: list[Retimed] = field(default_factory=list)
+
+    def notes(self, path: str = "events") -> list[Problem]:
+        """One note per retimed duplicate, its place named `path[i].timestamp` (i: its position)."""
+        return [
+            r.note(
+                f"{path}[{r.index}].timestamp",
+                None if r.earlier is None else f"{path}[{r.earlier}]",
+            )
+            for r in self.retimed
+        ]
 
     @property
     def ingested_count(self) -> int:
@@ -193,6 +206,7 @@ class Outbox:
             warnings=[w for e in events for w in e.warnings] + checked,
             late=[e.event_id for e in events if e.late],
             source=source,
+            retimed=inserted.retimed,
         )
         if conn is None:
             self._backlog += len(result.new)

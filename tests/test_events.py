@@ -9,8 +9,12 @@ import pytest
 
 from agent.errors import InvalidEventError
 from agent.events import (
+    CONFLICT,
     MAX_ID_LENGTH,
+    RETIMED,
+    SAME,
     check_event,
+    compare_content,
     duplicate_ids,
     same_content,
     validate,
@@ -183,7 +187,10 @@ def test_same_content_ignores_a_stamped_timestamp() -> None:
     assert not same_content(first.payload, True, changed.payload, True)
     explicit = validate(ev(timestamp="2026-11-26T11:00:00Z"), NOW)
     other = validate(ev(timestamp="2026-11-26T11:00:01Z"), NOW)
-    assert not same_content(explicit.payload, False, other.payload, False)
+    # A producer that rebuilt the event in a retry loop: the same event, retimed (issue 11).
+    assert compare_content(explicit.payload, False, other.payload, False) == RETIMED
+    assert compare_content(explicit.payload, False, explicit.payload, False) == SAME
+    assert compare_content(explicit.payload, False, changed.payload, False) == CONFLICT
 
 
 def test_duplicate_ids_in_one_request() -> None:

@@ -179,6 +179,24 @@ def test_conflict_is_400_not_409_and_stores_nothing_of_the_request(agent: Agent)
     assert "new" not in agent.stored()
 
 
+def test_a_retry_with_another_timestamp_is_answered_as_a_duplicate(agent: Agent) -> None:
+    first = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 120))
+    second = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    assert agent.post({"events": [event("a", timestamp=first)]}).json() == {"ingested_count": 1}
+    response = agent.post({"events": [event("b"), event("a", timestamp=second)]})
+    assert response.status_code == 200 and response.json() == {"ingested_count": 1}
+    assert json.loads(agent.stored()["a"][0])["timestamp"] == first
+
+
+def test_conflicts_name_every_index(agent: Agent) -> None:
+    assert agent.post({"events": [event("a", metadata={"n": 1}), event("b")]}).status_code == 200
+    response = agent.post(
+        {"events": [event("a", metadata={"n": 2}), event("c"), event("b", metadata={"n": 1})]}
+    )
+    assert response.status_code == 400
+    assert [p["path"] for p in response.json()["problems"]] == ["events[0].event_id", "events[2].event_id"]
+
+
 def test_token(make_agent: Callable[..., Agent]) -> None:
     agent = make_agent(token=TOKEN)
     assert agent.post({"events": [event("a")]}).status_code == 200

@@ -153,15 +153,14 @@ class HttpIntake:
             log.warning("intake_refused_full", source="http", events=len(events), reason=str(exc))
             raise Refusal(429, "OUTBOX_FULL", str(exc), headers=retry_headers(wait)) from None
         except EventConflictError as exc:
-            conflicting = set(exc.event_ids)
+            # Every refused event by its index (both events of a clash inside the request, although
+            # check_body already refuses an id twice in one request, as Dodo does).
             problems = [
                 Problem(
-                    f"events[{i}].event_id",
-                    f"{e.event_id!r} is already in the outbox with different content; Dodo would ignore "
-                    "this event and never bill it. Give it a new event_id (or resend the same content)",
+                    f"events[{c.index}].event_id",
+                    c.reason(None if c.other is None else f"events[{c.other}]"),
                 )
-                for i, e in enumerate(events)
-                if e.event_id in conflicting
+                for c in exc.conflicts
             ]
             raise Refusal(400, "EVENT_CONFLICT", summary(problems), problems) from None
         except InvalidEventError as exc:
@@ -179,6 +178,10 @@ class HttpIntake:
             log.info(
                 "intake_warnings", source="http", count=len(result.warnings), first=str(result.warnings[0])
             )
+        if result.retimed:
+            # Answered as Dodo answers a duplicate ({"ingested_count": 0} for it); the log says why.
+            notes = result.notes()
+            log.info("intake_retimed_duplicates", source="http", count=len(notes), first=str(notes[0]))
         return json_response(200, {"ingested_count": result.ingested_count})
 
     async def ingest(self, request: Request) -> Response:

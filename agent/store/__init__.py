@@ -11,7 +11,7 @@ from agent.store.clock import ClockMixin
 from agent.store.dlq import DeadFilter, DlqMixin, FileStats, ReplayChunk, WindowRates
 from agent.store.meters import MetersMixin
 from agent.store.ops import EventRecord, OpsMixin
-from agent.store.queue import Claimed, InsertResult, QueueMixin, insert_in_transaction
+from agent.store.queue import Claimed, InsertResult, QueueMixin, Retimed, insert_in_transaction
 from agent.store.schema import SCHEMA_VERSION
 
 
@@ -28,6 +28,7 @@ __all__ = [
     "FileStats",
     "InsertResult",
     "ReplayChunk",
+    "Retimed",
     "State",
     "Store",
     "StoreOptions",

@@ -11,10 +11,11 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agent.errors import EventConflictError, OutboxError
-from agent.events import Event, same_content
+from agent.errors import Conflict, EventConflictError, OutboxError, Problem
+from agent.events import CONFLICT, RETIMED, Event, compare_content
 from agent.store import schema
 from agent.store.base import RESPONSE_EXCERPT_CHARS, StoreBase
+from agent.timestamps import payload_timestamp
 
 _INSERT_HEAD = (
     "INSERT INTO dodo_outbox_events (event_id, event_name, ts, payload, stamped, source, enqueued_at, "
@@ -36,12 +37,43 @@ CLAIM_SQL = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Retimed:
+    """An event of the call taken as a duplicate although its timestamp differs from the stored one's.
+
+    `index` is its position in the call, `stored` and `given` the two timestamps, `earlier` the position
+    of the event of the same call it repeats (None: it repeats the event already in the outbox).
+    """
+
+    index: int
+    event_id: str
+    stored: str
+    given: str
+    earlier: int | None = None
+
+    def note(self, where: str, earlier_where: str | None = None) -> Problem:
+        """The note for a result: `where` names this event (a path, a line), `earlier_where` the other."""
+        if self.earlier is None:
+            kept = "the one stored"
+        else:
+            kept = earlier_where if earlier_where is not None else f"event {self.earlier} of this call"
+        return Problem(
+            where,
+            f"same event as {kept} ({self.event_id!r}); only timestamp differs (stored {self.stored}, "
+            f"given {self.given}): kept the {'stored' if self.earlier is None else 'earlier'} one",
+        )
+
+
 @dataclass
 class InsertResult:
-    """What one enqueue call stored: event_ids that were new and those already in the outbox."""
+    """What one enqueue call stored: event_ids that were new and those already in the outbox.
+
+    `retimed` lists the duplicates whose producer-given timestamp differed (see Retimed).
+    """
 
     new: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    retimed: list[Retimed] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,48 +113,65 @@ def _insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -
         start += size
 
 
-def _dedupe(events: Sequence[Event]) -> tuple[list[Event], list[str], list[str]]:
-    """Drop repeats inside one call: same content is a duplicate, different content a conflict."""
-    if len(events) == 1:
-        return list(events), [], []
-    seen: dict[str, Event] = {}
-    unique: list[Event] = []
-    dupes: list[str] = []
-    conflicts: list[str] = []
-    for event in events:
+def _dedupe(events: Sequence[Event]) -> tuple[list[int], InsertResult, list[Conflict]]:
+    """Settle repeats inside one call. Returns the positions of the events to insert (first of each id),
+    the in-call duplicates (same content, or only the timestamp differs), and the conflicts: when two
+    events of the call share an event_id with other content, every event with that id is refused.
+    """
+    seen: dict[str, int] = {}
+    unique: list[int] = []
+    repeats = InsertResult()
+    clashing: dict[str, int] = {}  # event_id -> position of an event it clashes with
+    for index, event in enumerate(events):
         first = seen.get(event.event_id)
         if first is None:
-            seen[event.event_id] = event
-            unique.append(event)
-        elif same_content(first.payload, first.stamped, event.payload, event.stamped):
-            dupes.append(event.event_id)
+            seen[event.event_id] = index
+            unique.append(index)
+            continue
+        kept = events[first]
+        verdict = compare_content(kept.payload, kept.stamped, event.payload, event.stamped)
+        if verdict == CONFLICT:
+            clashing.setdefault(event.event_id, index)
         else:
-            conflicts.append(event.event_id)
-    return unique, dupes, conflicts
+            repeats.duplicates.append(event.event_id)
+            if verdict == RETIMED:
+                repeats.retimed.append(
+                    Retimed(index, event.event_id, kept.timestamp, event.timestamp, earlier=first)
+                )
+    if not clashing:
+        return unique, repeats, []
+    conflicts = [
+        Conflict(i, e.event_id, seen[e.event_id] if i != seen[e.event_id] else clashing[e.event_id])
+        for i, e in enumerate(events)
+        if e.event_id in clashing
+    ]
+    return unique, repeats, conflicts
 
 
 def insert_on(conn: sqlite3.Connection, events: Sequence[Event], source: str, now_us: int) -> InsertResult:
     """Insert events on a connection inside the caller's open transaction (or savepoint).
 
-    Raises EventConflictError, leaving the caller to roll back, when an event_id is stored (or repeated
-    in `events`) with different content.
+    An event_id already stored (or repeated in `events`) with the same content, or with only another
+    producer-given timestamp, is a duplicate: the first event is kept, the result lists it (and, for a
+    retimed one, both timestamps). Raises EventConflictError, leaving the caller to roll back, when an
+    event_id is stored (or repeated in `events`) with different content.
     """
     if len(events) == 1:
         # One event (the library's per-event call): nothing to dedupe, one row, one statement.
-        unique, dupes, conflicts = [events[0]], list[str](), list[str]()
+        unique, result, conflicts = [0], InsertResult(), list[Conflict]()
         before = conn.total_changes
-        conn.execute(_INSERT_HEAD + _INSERT_ROW + _ON_CONFLICT, _rows(unique, source, now_us)[0])
+        conn.execute(_INSERT_HEAD + _INSERT_ROW + _ON_CONFLICT, _rows(events, source, now_us)[0])
     else:
-        unique, dupes, conflicts = _dedupe(events)
+        unique, result, conflicts = _dedupe(events)
         if conflicts:
-            raise EventConflictError(conflicts)
+            raise EventConflictError([c.event_id for c in conflicts], conflicts)
         before = conn.total_changes
-        _insert_rows(conn, _rows(unique, source, now_us))
+        _insert_rows(conn, _rows([events[i] for i in unique], source, now_us))
     inserted = conn.total_changes - before
     if inserted == len(unique):
         # The common case: every event is new. No extra query (this is the hot path of enqueue).
-        return InsertResult([e.event_id for e in unique], dupes)
-    result = InsertResult([], dupes)
+        result.new = [events[i].event_id for i in unique]
+        return result
     # Some were already stored. The rows this call inserted took consecutive ids ending at
     # last_insert_rowid(): an INTEGER PRIMARY KEY appends at max(id) + 1, nothing else writes the
     # table during one executemany, and DO NOTHING leaves last_insert_rowid alone. So a stored id at
@@ -132,7 +181,7 @@ def insert_on(conn: sqlite3.Connection, events: Sequence[Event], source: str, no
     if inserted:
         first_new_id = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0]) - inserted + 1
     stored: dict[str, tuple[int, str, int]] = {}
-    ids = [e.event_id for e in unique]
+    ids = [events[i].event_id for i in unique]
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
@@ -141,16 +190,35 @@ def insert_on(conn: sqlite3.Connection, events: Sequence[Event], source: str, no
             chunk,
         ):
             stored[event_id] = (row_id, payload, stamped)
-    for event in unique:
+    # An in-call repeat was judged against the first event of its id in the call, and that one is
+    # judged here against the stored event: a conflict between the repeat and the stored event cannot
+    # slip through (equal but for the timestamp is transitive).
+    new: list[str] = []
+    for index in unique:
+        event = events[index]
         row_id, payload, stamped = stored[event.event_id]
         if row_id >= first_new_id:
-            result.new.append(event.event_id)
-        elif same_content(payload, bool(stamped), event.payload, event.stamped):
-            result.duplicates.append(event.event_id)
-        else:
-            conflicts.append(event.event_id)
+            new.append(event.event_id)
+            continue
+        verdict = compare_content(payload, bool(stamped), event.payload, event.stamped)
+        if verdict == CONFLICT:
+            conflicts.append(Conflict(index, event.event_id))
+            continue
+        result.duplicates.append(event.event_id)
+        if verdict == RETIMED:
+            result.retimed.append(Retimed(index, event.event_id, payload_timestamp(payload), event.timestamp))
     if conflicts:
-        raise EventConflictError(conflicts)
+        if len(unique) < len(events):  # the repeats in the call of a refused id are refused with it
+            refused, firsts = {c.event_id for c in conflicts}, set(unique)
+            conflicts += [
+                Conflict(i, e.event_id)
+                for i, e in enumerate(events)
+                if e.event_id in refused and i not in firsts
+            ]
+        conflicts.sort(key=lambda c: c.index)
+        raise EventConflictError([c.event_id for c in conflicts], conflicts)
+    result.new = new
+    result.retimed.sort(key=lambda r: r.index)
     return result
 
 
