@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.durations import parse_duration
 from agent.errors import ConfigError
 
 ENVIRONMENTS = {"test_mode": "https://test.dodopayments.com", "live_mode": "https://live.dodopayments.com"}
@@ -36,8 +37,10 @@ def _opt(
     high: float | None = None,
     choices: tuple[str, ...] | None = None,
     secret: bool = False,
+    duration: bool = False,
 ) -> Any:
-    return field(default=default, metadata={"low": low, "high": high, "choices": choices, "secret": secret})
+    meta = {"low": low, "high": high, "choices": choices, "secret": secret, "duration": duration}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,15 @@ class DeliverySettings:
     lease_seconds: float = _opt(120.0, low=1)
     auth_retry_seconds: float = _opt(60.0, low=0.01)
     window_seconds: float = _opt(3600.0, low=1)
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    """`[intake]`: rules every intake applies (library, HTTP, drop directory, CLI)."""
+
+    # Seconds, or a duration string ("24h", "2d"). Older timestamps are refused; restamped at delivery
+    # they would be billed in the current period.
+    max_event_age: float = _opt(86400.0, low=1, duration=True)
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,7 @@ class Settings:
     dodo: DodoSettings = field(default_factory=DodoSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    intake: IntakeSettings = field(default_factory=IntakeSettings)
     intake_http: HttpIntakeSettings = field(default_factory=HttpIntakeSettings)
     intake_dropdir: DropdirSettings = field(default_factory=DropdirSettings)
     log: LogSettings = field(default_factory=LogSettings)
@@ -144,6 +157,7 @@ SECTIONS: dict[str, str] = {
     "dodo": "dodo",
     "outbox": "outbox",
     "delivery": "delivery",
+    "intake": "intake",
     "intake.http": "intake_http",
     "intake.dropdir": "intake_dropdir",
     "log": "log",
@@ -160,7 +174,14 @@ def _coerce(where: str, value: Any, f: dataclasses.Field[Any], from_env: bool) -
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     meta = f.metadata
     shown = "***" if meta.get("secret") else repr(value)
-    if from_env:
+    if meta.get("duration") and isinstance(value, str):
+        try:  # a number of seconds from the environment, or a duration string from either
+            value = float(value) if from_env and _is_number(value) else parse_duration(value)
+        except ValueError:
+            raise ConfigError(
+                f"{where} = {shown} is not a duration; give seconds (86400) or e.g. \"24h\", \"2d\""
+            ) from None
+    elif from_env:
         text = str(value).strip()
         try:
             if kind == "bool":
@@ -190,6 +211,14 @@ def _coerce(where: str, value: Any, f: dataclasses.Field[Any], from_env: bool) -
     if meta.get("high") is not None and value > meta["high"]:
         raise ConfigError(f"{where} = {shown} is above the maximum {meta['high']}")
     return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _section(name: str, cls: type[Any], table: Mapping[str, Any], environ: Mapping[str, str]) -> Any:

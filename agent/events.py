@@ -32,6 +32,8 @@ FUTURE_TOLERANCE_SECONDS = 300.0
 """Dodo rejects timestamps more than 5 minutes in the future."""
 DODO_WINDOW_SECONDS = 3600.0
 """Dodo rejects timestamps more than 1 hour in the past."""
+MAX_EVENT_AGE_SECONDS = 86400.0
+"""The default `[intake] max_event_age`: older events are refused, not restamped and billed today."""
 
 FIELDS = ("event_id", "customer_id", "event_name", "timestamp", "metadata")
 _REQUIRED = ("event_id", "customer_id", "event_name")
@@ -225,8 +227,15 @@ def _check_metadata(
     return dict(value)
 
 
-def check_event(raw: object, now: float, path: str = "event") -> tuple[Event | None, list[Problem]]:
-    """Validate one event; return it (or None) and its problems. `now` is epoch seconds."""
+def check_event(
+    raw: object, now: float, path: str = "event", max_age: float = MAX_EVENT_AGE_SECONDS
+) -> tuple[Event | None, list[Problem]]:
+    """Validate one event; return it (or None) and its problems. `now` is epoch seconds.
+
+    A timestamp more than `max_age` seconds old (`[intake] max_event_age`) is refused: restamped at
+    delivery it would be billed in the current period. Between Dodo's window and `max_age` the event
+    is accepted and flagged `late` (the late-event policy applies at delivery).
+    """
     problems: list[Problem] = []
     if type(raw) is not dict and not isinstance(raw, Mapping):
         kind = "null" if raw is None else type(raw).__name__
@@ -275,6 +284,8 @@ def check_event(raw: object, now: float, path: str = "event") -> tuple[Event | N
                 )
             )
         late = age > DODO_WINDOW_SECONDS
+        if late and age > max_age:
+            problems.append(Problem(f"{path}.timestamp", _too_old(given_timestamp, age, max_age)))
 
     if problems or moment is None:
         return None, problems
@@ -310,6 +321,20 @@ def check_event(raw: object, now: float, path: str = "event") -> tuple[Event | N
     return event, []
 
 
+def _age(seconds: float) -> str:
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:,.0f} days"
+
+
+def _too_old(given: object, age: float, max_age: float) -> str:
+    return (
+        f"{given!r} is {_age(age)} old, older than [intake] max_event_age ({_age(max_age)}); Dodo "
+        "refuses events more than 1 h old, and restamped they would be billed now, in the wrong "
+        "period. Fix the producer's timestamp (or clock), or raise [intake] max_event_age to accept it"
+    )
+
+
 def _is_text(value: str) -> bool:
     try:
         value.encode("utf-8")
@@ -337,20 +362,24 @@ def _unencodable(document: Mapping[str, object], path: str) -> list[Problem]:
     return problems or [Problem(path, "cannot be encoded as JSON")]
 
 
-def validate(raw: object, now: float, path: str = "event") -> Event:
+def validate(
+    raw: object, now: float, path: str = "event", max_age: float = MAX_EVENT_AGE_SECONDS
+) -> Event:
     """Validate one event. Raises InvalidEventError listing every problem."""
-    event, problems = check_event(raw, now, path)
+    event, problems = check_event(raw, now, path, max_age)
     if event is None:
         raise InvalidEventError(problems)
     return event
 
 
-def validate_many(raws: Iterable[object], now: float, path: str = "events") -> list[Event]:
+def validate_many(
+    raws: Iterable[object], now: float, path: str = "events", max_age: float = MAX_EVENT_AGE_SECONDS
+) -> list[Event]:
     """Validate events; all or nothing. Raises InvalidEventError listing every problem of every event."""
     events: list[Event] = []
     problems: list[Problem] = []
     for index, raw in enumerate(raws):
-        event, found = check_event(raw, now, f"{path}[{index}]")
+        event, found = check_event(raw, now, f"{path}[{index}]", max_age)
         if event is None:
             problems.extend(found)
         else:

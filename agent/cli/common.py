@@ -83,6 +83,7 @@ def open_outbox(config_path: Path | None, outbox_path: Path | None, source: str)
         max_events=settings.outbox.max_events,
         max_bytes=settings.outbox.max_bytes,
         source=source,
+        max_event_age=settings.intake.max_event_age,
     )
     outbox.set_checker(build_checker(settings, outbox.store))
     return outbox

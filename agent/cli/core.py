@@ -61,7 +61,7 @@ def enqueue(source: Path, as_json: bool, config_path: Path | None, outbox_path: 
         )
         with progress:
             task = progress.add_task("enqueue", total=total, stored=0)
-            for chunk, found in _chunks(stream, time.time()):
+            for chunk, found in _chunks(stream, time.time(), outbox.max_event_age):
                 problems.extend(found)
                 summary["refused"] += len({p.path.split(".")[0] for p in found})
                 _store(outbox, chunk, summary, problems)
@@ -84,7 +84,9 @@ def enqueue(source: Path, as_json: bool, config_path: Path | None, outbox_path: 
         sys.exit(common.EXIT_FAILED)
 
 
-def _chunks(stream: IO[bytes], now: float) -> Iterator[tuple[list[tuple[int, Event]], list[Problem]]]:
+def _chunks(
+    stream: IO[bytes], now: float, max_age: float
+) -> Iterator[tuple[list[tuple[int, Event]], list[Problem]]]:
     """Validated events with their lines, in chunks of CHUNK_EVENTS, with the problems found on the way."""
     events: list[tuple[int, Event]] = []
     problems: list[Problem] = []
@@ -94,7 +96,7 @@ def _chunks(stream: IO[bytes], now: float) -> Iterator[tuple[list[tuple[int, Eve
             problems.append(Problem(f"line {record.line}", record.message))
             continue
         count += 1
-        event, found = check_event(record.value, now, f"line {record.line}")
+        event, found = check_event(record.value, now, f"line {record.line}", max_age)
         if event is None:
             problems.extend(found)
         else:

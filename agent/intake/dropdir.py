@@ -249,7 +249,7 @@ class DropDir:
         for record in self._records(stream, errors, ndjson):
             result.records += 1
             try:
-                event, problems = check_event(record.value, now, "event")
+                event, problems = check_event(record.value, now, "event", self.outbox.max_event_age)
             except (ValueError, TypeError, OverflowError, RecursionError) as exc:
                 event, problems = (
                     None,

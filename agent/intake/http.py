@@ -145,7 +145,7 @@ class HttpIntake:
 
     def _store(self, body: bytes) -> Response:
         """Validate and commit (runs in a worker thread: the commit waits for the disk)."""
-        events = check_body(body, self.clock())
+        events = check_body(body, self.clock(), self.outbox.max_event_age)
         try:
             result = self.outbox.enqueue_validated(events, source="http")
         except OutboxFullError as exc:
