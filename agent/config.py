@@ -179,7 +179,7 @@ def _coerce(where: str, value: Any, f: dataclasses.Field[Any], from_env: bool) -
             value = float(value) if from_env and _is_number(value) else parse_duration(value)
         except ValueError:
             raise ConfigError(
-                f"{where} = {shown} is not a duration; give seconds (86400) or e.g. \"24h\", \"2d\""
+                f'{where} = {shown} is not a duration; give seconds (86400) or e.g. "24h", "2d"'
             ) from None
     elif from_env:
         text = str(value).strip()

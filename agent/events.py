@@ -362,9 +362,7 @@ def _unencodable(document: Mapping[str, object], path: str) -> list[Problem]:
     return problems or [Problem(path, "cannot be encoded as JSON")]
 
 
-def validate(
-    raw: object, now: float, path: str = "event", max_age: float = MAX_EVENT_AGE_SECONDS
-) -> Event:
+def validate(raw: object, now: float, path: str = "event", max_age: float = MAX_EVENT_AGE_SECONDS) -> Event:
     """Validate one event. Raises InvalidEventError listing every problem."""
     event, problems = check_event(raw, now, path, max_age)
     if event is None:
