@@ -186,7 +186,9 @@ def insert_on(conn: sqlite3.Connection, events: Sequence[Event], source: str, no
         chunk = ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
         for row_id, event_id, payload, stamped in conn.execute(
-            f"SELECT id, event_id, payload, stamped FROM dodo_outbox_events WHERE event_id IN ({marks})",
+            # A row restamped by `dlq replay --restamp` (original_ts set) holds the agent's timestamp.
+            "SELECT id, event_id, payload, stamped OR original_ts IS NOT NULL FROM dodo_outbox_events "
+            f"WHERE event_id IN ({marks})",
             chunk,
         ):
             stored[event_id] = (row_id, payload, stamped)

@@ -9,6 +9,7 @@ transaction as the version bump, so a crash leaves the file at the old version o
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Sequence
 
@@ -83,7 +84,13 @@ CREATE TABLE IF NOT EXISTS dodo_outbox_meters (
 );
 """
 
-MIGRATIONS: Sequence[str] = (_V1,)
+_V2 = """
+-- The event time as the producer gave it, kept when `dlq replay --restamp` rewrites ts and the payload
+-- (NULL: never rewritten). Before V2 it lived in last_error, which delivery clears.
+ALTER TABLE dodo_outbox_events ADD COLUMN original_ts INTEGER;
+"""
+
+MIGRATIONS: Sequence[str] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
@@ -118,8 +125,7 @@ def migrate(conn: sqlite3.Connection) -> int:
                 f"{SCHEMA_VERSION}); upgrade dodo-outbox"
             )
         for version in range(found, SCHEMA_VERSION):
-            for statement in _statements(MIGRATIONS[version]):
-                conn.execute(statement)
+            _apply(conn, MIGRATIONS[version])
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -132,10 +138,28 @@ def ensure_tables(conn: sqlite3.Connection) -> None:
     """Create the outbox tables on an application's connection, inside its open transaction.
 
     Used by the transactional outbox; DDL is transactional in SQLite, so a rollback undoes it too.
+    Creates the current schema (every migration), without touching the application's user_version:
+    a later `migrate` of the file finds each step already applied and skips it.
     """
     if _has_tables(conn):
         return
-    for statement in _statements(_V1):
+    for script in MIGRATIONS:
+        _apply(conn, script)
+
+
+_ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)
+
+
+def _apply(conn: sqlite3.Connection, script: str) -> None:
+    """Run one migration. CREATE ... IF NOT EXISTS is idempotent by itself; an ADD COLUMN is skipped
+    when the column exists (tables made by ensure_tables, which leaves user_version alone)."""
+    for statement in _statements(script):
+        added = _ADD_COLUMN.match(statement)
+        if added is not None:
+            table, column = added.groups()
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column in columns:
+                continue
         conn.execute(statement)
 
 
