@@ -38,7 +38,10 @@ MAX_EVENT_AGE_SECONDS = 86400.0
 FIELDS = ("event_id", "customer_id", "event_name", "timestamp", "metadata")
 _REQUIRED = ("event_id", "customer_id", "event_name")
 _FIELD_SET = frozenset(FIELDS)
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+"""Integers JSON parsers such as Dodo's (serde_json) and ours (orjson) keep exact: i64 and u64. A JSON
+integer beyond them arrives as a float (2**64 is accepted as 1.8446744073709552e19); only a Python int
+given to the library can be beyond them, and it cannot be encoded."""
 _NEVER_NUMBER_START = frozenset(
     c for c in map(chr, range(128)) if not (c in "+-." or c.isdecimal() or c.isspace())
 )
@@ -170,9 +173,17 @@ def _check_metadata(
         problems.append(Problem(where, f"has {len(value)} keys; Dodo allows at most {MAX_METADATA_KEYS}"))
     for key, item in value.items():
         # The item's path is formatted only when there is a problem to report (the common case has none).
-        if not isinstance(key, str) or not key:
-            problems.append(Problem(f"{where}[{key!r}]", "keys must be non-empty strings"))
+        if not isinstance(key, str):
+            problems.append(Problem(f"{where}[{key!r}]", "keys must be strings"))
             continue
+        if not key:  # Dodo's schema allows it (any JSON object key); no meter can name it
+            warnings.append(
+                Problem(
+                    f"{where}['']",
+                    "is an empty key: Dodo stores it, but no meter or filter can name it; "
+                    "give it a name if it is meant to be aggregated",
+                )
+            )
         if len(key) > MAX_METADATA_KEY_LENGTH:
             problems.append(
                 Problem(
@@ -218,9 +229,14 @@ def _check_metadata(
             )
             continue
         # A float's text is at most 24 characters; only an int can be too big, and JSON consumers
-        # (Dodo's included) hold integers in 64 bits.
-        if type(item) is int and not _INT64_MIN <= item <= _INT64_MAX:
-            problems.append(Problem(f"{where}.{key}", "is beyond a 64-bit integer; send a smaller number"))
+        # (Dodo's included) hold integers in 64 bits (signed, or unsigned up to 2**64 - 1).
+        if type(item) is int and not _INT_MIN <= item <= _INT_MAX:
+            problems.append(
+                Problem(
+                    f"{where}.{key}",
+                    "is beyond a 64-bit integer (-2**63 to 2**64 - 1); send a smaller number or a float",
+                )
+            )
             continue
     # Only a refused event skips items, and a refused event's metadata is never used: a plain copy is
     # the clean metadata of every accepted event (cheaper than building it item by item).
