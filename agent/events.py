@@ -406,11 +406,14 @@ def validate_many(
 def duplicate_ids(events: Sequence[object], path: str = "events") -> list[Problem]:
     """Problems for event_ids repeated inside one request (Dodo fails the whole request for them).
 
-    Takes validated Events or the raw events of a request (repeats are found even among events that
-    fail validation; a raw event without a string event_id is skipped).
+    Every event holding a repeated id is named: each repeat (first in the list, naming the event it
+    repeats), then the first event of each repeated id, so a request with two clashing events names
+    and counts both. Takes validated Events or the raw events of a request (repeats are found even
+    among events that fail validation; a raw event without a string event_id is skipped).
     """
     first: dict[str, int] = {}
     problems: list[Problem] = []
+    repeated: dict[str, list[int]] = {}
     for index, event in enumerate(events):
         if isinstance(event, Event):
             event_id: object = event.event_id
@@ -420,6 +423,7 @@ def duplicate_ids(events: Sequence[object], path: str = "events") -> list[Proble
             continue
         seen = first.setdefault(event_id, index)
         if seen != index:
+            repeated.setdefault(event_id, []).append(index)
             problems.append(
                 Problem(
                     f"{path}[{index}].event_id",
@@ -427,6 +431,15 @@ def duplicate_ids(events: Sequence[object], path: str = "events") -> list[Proble
                     "with the same event_id twice: give each event its own id",
                 )
             )
+    for event_id, indexes in repeated.items():
+        others = ", ".join(f"{path}[{i}]" for i in indexes)
+        problems.append(
+            Problem(
+                f"{path}[{first[event_id]}].event_id",
+                f"{event_id!r} is also the event_id of {others}; Dodo refuses a request with the same "
+                "event_id twice: give each event its own id",
+            )
+        )
     return problems
 
 

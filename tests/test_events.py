@@ -196,8 +196,9 @@ def test_same_content_ignores_a_stamped_timestamp() -> None:
 def test_duplicate_ids_in_one_request() -> None:
     events = validate_many([ev(), ev(event_id="e2"), ev()], NOW)
     found = duplicate_ids(events)
-    assert [p.path for p in found] == ["events[2].event_id"]
+    assert [p.path for p in found] == ["events[2].event_id", "events[0].event_id"]
     assert "repeats events[0]" in found[0].message
+    assert "also the event_id of events[2]" in found[1].message
 
 
 def test_extreme_values_are_problems_not_crashes() -> None:

@@ -130,6 +130,27 @@ def test_duplicate_ids_in_one_request(agent: Agent) -> None:
     assert agent.stored() == {}
 
 
+def test_two_clashing_events_in_one_request_are_both_named_and_counted(agent: Agent) -> None:
+    from agent import metrics
+
+    def rejected() -> float:
+        value = metrics.REGISTRY.get_sample_value(
+            "dodo_outbox_events_rejected_total", {"source": "http", "reason": "duplicate_in_request"}
+        )
+        return value or 0.0
+
+    before = rejected()
+    response = agent.post(
+        {"events": [event("a", metadata={"n": 1}), event("b"), event("a", metadata={"n": 2})]}
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert {p["path"] for p in body["problems"]} == {"events[0].event_id", "events[2].event_id"}
+    assert "already" not in body["message"] and all("already" not in p["message"] for p in body["problems"])
+    assert rejected() - before == 2
+    assert agent.stored() == {}
+
+
 def one(**fields: Any) -> bytes:
     """A body with one event of exactly these fields."""
     return json.dumps({"events": [fields]}).encode()
