@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -175,12 +176,17 @@ def _coerce(where: str, value: Any, f: dataclasses.Field[Any], from_env: bool) -
     meta = f.metadata
     shown = "***" if meta.get("secret") else repr(value)
     if meta.get("duration") and isinstance(value, str):
-        try:  # a number of seconds from the environment, or a duration string from either
-            value = float(value) if from_env and _is_number(value) else parse_duration(value)
+        try:  # a number of seconds (from the environment, or quoted), or a duration string
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{where} = {shown} must be a finite number of seconds")
         except ValueError:
-            raise ConfigError(
-                f'{where} = {shown} is not a duration; give seconds (86400) or e.g. "24h", "2d"'
-            ) from None
+            try:
+                value = parse_duration(value)
+            except ValueError:
+                raise ConfigError(
+                    f'{where} = {shown} is not a duration; give seconds (86400) or e.g. "24h", "2d"'
+                ) from None
     elif from_env:
         text = str(value).strip()
         try:
@@ -211,14 +217,6 @@ def _coerce(where: str, value: Any, f: dataclasses.Field[Any], from_env: bool) -
     if meta.get("high") is not None and value > meta["high"]:
         raise ConfigError(f"{where} = {shown} is above the maximum {meta['high']}")
     return value
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _section(name: str, cls: type[Any], table: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
