@@ -118,6 +118,8 @@ def _dedupe(events: Sequence[Event]) -> tuple[list[int], InsertResult, list[Conf
     the in-call duplicates (same content, or only the timestamp differs), and the conflicts: when two
     events of the call share an event_id with other content, every event with that id is refused.
     """
+    if len({e.event_id for e in events}) == len(events):  # the common case: no repeats
+        return list(range(len(events))), InsertResult(), []
     seen: dict[str, int] = {}
     unique: list[int] = []
     repeats = InsertResult()
@@ -166,11 +168,16 @@ def insert_on(conn: sqlite3.Connection, events: Sequence[Event], source: str, no
         if conflicts:
             raise EventConflictError([c.event_id for c in conflicts], conflicts)
         before = conn.total_changes
-        _insert_rows(conn, _rows([events[i] for i in unique], source, now_us))
+        kept = events if len(unique) == len(events) else [events[i] for i in unique]
+        _insert_rows(conn, _rows(kept, source, now_us))
     inserted = conn.total_changes - before
     if inserted == len(unique):
         # The common case: every event is new. No extra query (this is the hot path of enqueue).
-        result.new = [events[i].event_id for i in unique]
+        result.new = (
+            [e.event_id for e in events]
+            if len(unique) == len(events)
+            else [events[i].event_id for i in unique]
+        )
         return result
     # Some were already stored. The rows this call inserted took consecutive ids ending at
     # last_insert_rowid(): an INTEGER PRIMARY KEY appends at max(id) + 1, nothing else writes the
