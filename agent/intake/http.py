@@ -2,7 +2,8 @@
 
 An app moves to the agent by changing only its SDK's `base_url`. Same request, same answers:
 - `200 {"ingested_count": n}` once the events are COMMITTED to the outbox file (n counts new events;
-  events already stored with the same content are not counted, as Dodo does).
+  events already stored with the same content are not counted, as Dodo does; nor is the same event
+  with only another timestamp, a producer's rebuilt retry: the stored one is kept and the log says so).
 - `422 UNPROCESSABLE_ENTITY`: not JSON, or not Dodo's shape (an event that is not an object, an unknown
   field, a field of the wrong JSON type), as Dodo's deserialiser refuses it. `400 BAD_REQUEST`: a rule
   broken. `400 DUPLICATE_EVENT_ID`: an id twice in one request. `400 EVENT_CONFLICT`: an id already
