@@ -108,6 +108,14 @@ class EventConflictError(DodoOutboxError):
             "Give the new event a new event_id (or send exactly the same content again if this is a retry)."
         )
 
+    def located(self, event_ids: Sequence[str]) -> tuple[Conflict, ...]:
+        """`conflicts`, or, for an error raised without positions, one Conflict (with the stored event)
+        for every event of the call, whose ids are `event_ids` in order, that holds a refused id."""
+        if self.conflicts:
+            return self.conflicts
+        refused = set(self.event_ids)
+        return tuple(Conflict(i, event_id) for i, event_id in enumerate(event_ids) if event_id in refused)
+
 
 def _shown(ids: Sequence[str]) -> str:
     return ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")

@@ -119,3 +119,10 @@ def test_two_clashing_events_in_one_call_are_both_refused_and_not_called_stored(
         assert "already stored" not in str(info.value) and "both refused" in str(info.value)
         assert "already" not in info.value.conflicts[0].reason()
         assert Store(outbox.path).counts()["pending"] == 0
+
+
+def test_a_conflict_error_without_positions_still_names_every_event() -> None:
+    # E.g. raised by a checker or an older caller: intakes locate the refused events by id.
+    error = EventConflictError(["e1"])
+    assert [(c.index, c.stored) for c in error.located(["e0", "e1", "e2", "e1"])] == [(1, True), (3, True)]
+    assert "already stored" in str(error)

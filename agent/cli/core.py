@@ -120,8 +120,9 @@ def _store(
     except EventConflictError as exc:
         # One conflicting event must not block the rest of the chunk: store the others. Every refused
         # event is named by its line (both lines of a clash inside the input).
-        refused = {c.index for c in exc.conflicts}
-        for conflict in exc.conflicts:
+        conflicts = exc.located([e.event_id for _, e in chunk])
+        refused = {c.index for c in conflicts}
+        for conflict in conflicts:
             other = None if conflict.other is None else f"line {chunk[conflict.other][0]}"
             problems.append(Problem(f"line {chunk[conflict.index][0]}.event_id", conflict.reason(other)))
         summary["refused"] += len(refused)

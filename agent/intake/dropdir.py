@@ -276,8 +276,9 @@ class DropDir:
             try:
                 stored = self.outbox.enqueue_validated([e for _, e in chunk], source="dropdir")
             except EventConflictError as exc:
-                refused = {c.index for c in exc.conflicts}
-                for conflict in exc.conflicts:
+                conflicts = exc.located([e.event_id for _, e in chunk])
+                refused = {c.index for c in conflicts}
+                for conflict in conflicts:
                     line, event = chunk[conflict.index]
                     other = None if conflict.other is None else f"line {chunk[conflict.other][0]}"
                     errors.add(line, event.event_id, "event_conflict", "event_id", conflict.reason(other))

@@ -161,7 +161,7 @@ class HttpIntake:
                     f"events[{c.index}].event_id",
                     c.reason(None if c.other is None else f"events[{c.other}]"),
                 )
-                for c in exc.conflicts
+                for c in exc.located([e.event_id for e in events])
             ]
             raise Refusal(400, "EVENT_CONFLICT", summary(problems), problems) from None
         except InvalidEventError as exc:
