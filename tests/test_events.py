@@ -8,18 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from agent.errors import InvalidEventError
-from agent.events import (
-    CONFLICT,
-    MAX_ID_LENGTH,
-    RETIMED,
-    SAME,
-    check_event,
-    compare_content,
-    duplicate_ids,
-    same_content,
-    validate,
-    validate_many,
-)
+from agent.events import MAX_ID_LENGTH, check_event, validate, validate_many
+from agent.repeats import CONFLICT, RETIMED, SAME, compare_content, duplicate_ids, same_content
 from agent.timestamps import strip_timestamp
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC).timestamp()

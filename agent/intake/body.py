@@ -15,7 +15,8 @@ import orjson
 from starlette.responses import Response
 
 from agent.errors import Problem
-from agent.events import FIELDS, MAX_EVENT_AGE_SECONDS, Event, check_event, duplicate_ids
+from agent.events import FIELDS, MAX_EVENT_AGE_SECONDS, Event, check_event
+from agent.repeats import duplicate_ids
 
 MAX_LISTED = 1000
 """Problems listed in one error body (the message gives the total)."""

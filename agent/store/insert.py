@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agent.errors import Conflict, EventConflictError, Problem
-from agent.events import CONFLICT, RETIMED, Event, compare_content
+from agent.events import Event
+from agent.repeats import CONFLICT, RETIMED, compare_content
 from agent.store import schema
 from agent.timestamps import payload_timestamp
 
