@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from agent.durations import parse_duration
 from agent.errors import ConfigError
 
 ENVIRONMENTS = {"test_mode": "https://test.dodopayments.com", "live_mode": "https://live.dodopayments.com"}
@@ -41,11 +43,10 @@ def _opt(
     choices: tuple[str, ...] | None = None,
     secret: bool = False,
     url: bool = False,
+    duration: bool = False,
 ) -> Any:
-    return field(
-        default=default,
-        metadata={"low": low, "high": high, "choices": choices, "secret": secret, "url": url},
-    )
+    meta = {"low": low, "high": high, "choices": choices, "secret": secret, "url": url, "duration": duration}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,15 @@ class DeliverySettings:
     lease_seconds: float = _opt(120.0, low=1)
     auth_retry_seconds: float = _opt(60.0, low=0.01)
     window_seconds: float = _opt(3600.0, low=1)
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    """`[intake]`: rules every intake applies (library, HTTP, drop directory, CLI)."""
+
+    # Seconds, or a duration string ("24h", "2d"). Older timestamps are refused; restamped at delivery
+    # they would be billed in the current period.
+    max_event_age: float = _opt(86400.0, low=1, duration=True)
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,7 @@ class Settings:
     dodo: DodoSettings = field(default_factory=DodoSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    intake: IntakeSettings = field(default_factory=IntakeSettings)
     intake_http: HttpIntakeSettings = field(default_factory=HttpIntakeSettings)
     intake_dropdir: DropdirSettings = field(default_factory=DropdirSettings)
     log: LogSettings = field(default_factory=LogSettings)
@@ -156,6 +167,7 @@ SECTIONS: dict[str, str] = {
     "dodo": "dodo",
     "outbox": "outbox",
     "delivery": "delivery",
+    "intake": "intake",
     "intake.http": "intake_http",
     "intake.dropdir": "intake_dropdir",
     "log": "log",
@@ -172,7 +184,19 @@ def _coerce(where: str, value: Any, f: dataclasses.Field[Any], from_env: bool) -
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     meta = f.metadata
     shown = "***" if meta.get("secret") else repr(value)
-    if from_env:
+    if meta.get("duration") and isinstance(value, str):
+        try:  # a number of seconds (from the environment, or quoted), or a duration string
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{where} = {shown} must be a finite number of seconds")
+        except ValueError:
+            try:
+                value = parse_duration(value)
+            except ValueError:
+                raise ConfigError(
+                    f'{where} = {shown} is not a duration; give seconds (86400) or e.g. "24h", "2d"'
+                ) from None
+    elif from_env:
         text = str(value).strip()
         try:
             if kind == "bool":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,11 +32,16 @@ FUTURE_TOLERANCE_SECONDS = 300.0
 """Dodo rejects timestamps more than 5 minutes in the future."""
 DODO_WINDOW_SECONDS = 3600.0
 """Dodo rejects timestamps more than 1 hour in the past."""
+MAX_EVENT_AGE_SECONDS = 86400.0
+"""The default `[intake] max_event_age`: older events are refused, not restamped and billed today."""
 
 FIELDS = ("event_id", "customer_id", "event_name", "timestamp", "metadata")
 _REQUIRED = ("event_id", "customer_id", "event_name")
 _FIELD_SET = frozenset(FIELDS)
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+"""Integers JSON parsers such as Dodo's (serde_json) and ours (orjson) keep exact: i64 and u64. A JSON
+integer beyond them arrives as a float (2**64 is accepted as 1.8446744073709552e19); only a Python int
+given to the library can be beyond them, and it cannot be encoded."""
 _NEVER_NUMBER_START = frozenset(
     c for c in map(chr, range(128)) if not (c in "+-." or c.isdecimal() or c.isspace())
 )
@@ -168,9 +173,17 @@ def _check_metadata(
         problems.append(Problem(where, f"has {len(value)} keys; Dodo allows at most {MAX_METADATA_KEYS}"))
     for key, item in value.items():
         # The item's path is formatted only when there is a problem to report (the common case has none).
-        if not isinstance(key, str) or not key:
-            problems.append(Problem(f"{where}[{key!r}]", "keys must be non-empty strings"))
+        if not isinstance(key, str):
+            problems.append(Problem(f"{where}[{key!r}]", "keys must be strings"))
             continue
+        if not key:  # Dodo's schema allows it (any JSON object key); no meter can name it
+            warnings.append(
+                Problem(
+                    f"{where}['']",
+                    "is an empty key: Dodo stores it, but no meter or filter can name it; "
+                    "give it a name if it is meant to be aggregated",
+                )
+            )
         if len(key) > MAX_METADATA_KEY_LENGTH:
             problems.append(
                 Problem(
@@ -216,17 +229,29 @@ def _check_metadata(
             )
             continue
         # A float's text is at most 24 characters; only an int can be too big, and JSON consumers
-        # (Dodo's included) hold integers in 64 bits.
-        if type(item) is int and not _INT64_MIN <= item <= _INT64_MAX:
-            problems.append(Problem(f"{where}.{key}", "is beyond a 64-bit integer; send a smaller number"))
+        # (Dodo's included) hold integers in 64 bits (signed, or unsigned up to 2**64 - 1).
+        if type(item) is int and not _INT_MIN <= item <= _INT_MAX:
+            problems.append(
+                Problem(
+                    f"{where}.{key}",
+                    "is beyond a 64-bit integer (-2**63 to 2**64 - 1); send a smaller number or a float",
+                )
+            )
             continue
     # Only a refused event skips items, and a refused event's metadata is never used: a plain copy is
     # the clean metadata of every accepted event (cheaper than building it item by item).
     return dict(value)
 
 
-def check_event(raw: object, now: float, path: str = "event") -> tuple[Event | None, list[Problem]]:
-    """Validate one event; return it (or None) and its problems. `now` is epoch seconds."""
+def check_event(
+    raw: object, now: float, path: str = "event", max_age: float = MAX_EVENT_AGE_SECONDS
+) -> tuple[Event | None, list[Problem]]:
+    """Validate one event; return it (or None) and its problems. `now` is epoch seconds.
+
+    A timestamp more than `max_age` seconds old (`[intake] max_event_age`) is refused: restamped at
+    delivery it would be billed in the current period. Between Dodo's window and `max_age` the event
+    is accepted and flagged `late` (the late-event policy applies at delivery).
+    """
     problems: list[Problem] = []
     if type(raw) is not dict and not isinstance(raw, Mapping):
         kind = "null" if raw is None else type(raw).__name__
@@ -275,6 +300,8 @@ def check_event(raw: object, now: float, path: str = "event") -> tuple[Event | N
                 )
             )
         late = age > DODO_WINDOW_SECONDS
+        if late and age > max_age:
+            problems.append(Problem(f"{path}.timestamp", _too_old(given_timestamp, age, max_age)))
 
     if problems or moment is None:
         return None, problems
@@ -310,6 +337,20 @@ def check_event(raw: object, now: float, path: str = "event") -> tuple[Event | N
     return event, []
 
 
+def _age(seconds: float) -> str:
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:,.0f} days"
+
+
+def _too_old(given: object, age: float, max_age: float) -> str:
+    return (
+        f"{given!r} is {_age(age)} old, older than [intake] max_event_age ({_age(max_age)}); Dodo "
+        "refuses events more than 1 h old, and restamped they would be billed now, in the wrong "
+        "period. Fix the producer's timestamp (or clock), or raise [intake] max_event_age to accept it"
+    )
+
+
 def _is_text(value: str) -> bool:
     try:
         value.encode("utf-8")
@@ -337,20 +378,22 @@ def _unencodable(document: Mapping[str, object], path: str) -> list[Problem]:
     return problems or [Problem(path, "cannot be encoded as JSON")]
 
 
-def validate(raw: object, now: float, path: str = "event") -> Event:
+def validate(raw: object, now: float, path: str = "event", max_age: float = MAX_EVENT_AGE_SECONDS) -> Event:
     """Validate one event. Raises InvalidEventError listing every problem."""
-    event, problems = check_event(raw, now, path)
+    event, problems = check_event(raw, now, path, max_age)
     if event is None:
         raise InvalidEventError(problems)
     return event
 
 
-def validate_many(raws: Iterable[object], now: float, path: str = "events") -> list[Event]:
+def validate_many(
+    raws: Iterable[object], now: float, path: str = "events", max_age: float = MAX_EVENT_AGE_SECONDS
+) -> list[Event]:
     """Validate events; all or nothing. Raises InvalidEventError listing every problem of every event."""
     events: list[Event] = []
     problems: list[Problem] = []
     for index, raw in enumerate(raws):
-        event, found = check_event(raw, now, f"{path}[{index}]")
+        event, found = check_event(raw, now, f"{path}[{index}]", max_age)
         if event is None:
             problems.extend(found)
         else:
@@ -358,41 +401,3 @@ def validate_many(raws: Iterable[object], now: float, path: str = "events") -> l
     if problems:
         raise InvalidEventError(problems)
     return events
-
-
-def duplicate_ids(events: Sequence[object], path: str = "events") -> list[Problem]:
-    """Problems for event_ids repeated inside one request (Dodo fails the whole request for them).
-
-    Takes validated Events or the raw events of a request (repeats are found even among events that
-    fail validation; a raw event without a string event_id is skipped).
-    """
-    first: dict[str, int] = {}
-    problems: list[Problem] = []
-    for index, event in enumerate(events):
-        if isinstance(event, Event):
-            event_id: object = event.event_id
-        else:
-            event_id = event.get("event_id") if isinstance(event, Mapping) else None
-        if not isinstance(event_id, str):
-            continue
-        seen = first.setdefault(event_id, index)
-        if seen != index:
-            problems.append(
-                Problem(
-                    f"{path}[{index}].event_id",
-                    f"{event_id!r} repeats {path}[{seen}].event_id; Dodo refuses a request "
-                    "with the same event_id twice: give each event its own id",
-                )
-            )
-    return problems
-
-
-def same_content(a_payload: str, a_stamped: bool, b_payload: str, b_stamped: bool) -> bool:
-    """Whether two payloads are the same event (idempotent retry) rather than a conflict.
-
-    A timestamp the agent stamped itself is not content: a retry of an event without a timestamp is
-    stamped again with a later time, and is still the same event.
-    """
-    if a_stamped or b_stamped:
-        return strip_timestamp(a_payload) == strip_timestamp(b_payload)
-    return a_payload == b_payload

@@ -17,8 +17,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import EventConflictError, InvalidEventError, OutboxError, OutboxFullError, Problem
-from agent.events import Event, check_event, validate_many
-from agent.store import InsertResult, Store, StoreOptions, insert_in_transaction
+from agent.events import MAX_EVENT_AGE_SECONDS, Event, check_event, validate_many
+from agent.store import InsertResult, Retimed, Store, StoreOptions, insert_in_transaction
 
 if TYPE_CHECKING:
     import sqlite3
@@ -34,7 +34,9 @@ class EnqueueResult:
 
     `new`: event_ids stored now. `duplicates`: already in the outbox with the same content (not stored
     twice). `warnings`: accepted oddities (e.g. a numeric string Dodo cannot aggregate). `late`: events
-    already outside Dodo's 1-hour window (the late-event policy applies at delivery).
+    already outside Dodo's 1-hour window (the late-event policy applies at delivery). `retimed`: the
+    duplicates whose producer-given timestamp differed from the stored one (a producer that rebuilt the
+    event in a retry loop); the stored event was kept, `notes()` says so.
     """
 
     new: list[str] = field(default_factory=list)
@@ -42,6 +44,17 @@ class EnqueueResult:
     warnings: list[Problem] = field(default_factory=list)
     late: list[str] = field(default_factory=list)
     source: str = "library"
+    retimed: list[Retimed] = field(default_factory=list)
+
+    def notes(self, path: str = "events") -> list[Problem]:
+        """One note per retimed duplicate, its place named `path[i].timestamp` (i: its position)."""
+        return [
+            r.note(
+                f"{path}[{r.index}].timestamp",
+                None if r.earlier is None else f"{path}[{r.earlier}]",
+            )
+            for r in self.retimed
+        ]
 
     @property
     def ingested_count(self) -> int:
@@ -86,11 +99,14 @@ class Outbox:
         clock: Callable[[], float] = time.time,
         store: Store | None = None,
         checker: Checker | None = None,
+        max_event_age: float = MAX_EVENT_AGE_SECONDS,
     ) -> None:
         self.store = store or Store(path, StoreOptions(synchronous=synchronous))
         self.path = self.store.path
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.max_event_age = max_event_age
+        """Seconds: older events are refused (`[intake] max_event_age`); every intake validates with it."""
         self._used_bytes = 0
         self.source = source
         self._clock = clock
@@ -114,6 +130,7 @@ class Outbox:
         kwargs.setdefault("synchronous", settings.outbox.synchronous)
         kwargs.setdefault("max_events", settings.outbox.max_events)
         kwargs.setdefault("max_bytes", settings.outbox.max_bytes)
+        kwargs.setdefault("max_event_age", settings.intake.max_event_age)
         return cls(path or settings.outbox_path, **kwargs)
 
     def __enter__(self) -> Outbox:
@@ -139,7 +156,7 @@ class Outbox:
 
     def validate(self, events: Iterable[Mapping[str, Any] | Any], path: str = "events") -> list[Event]:
         """Validate without storing. Raises InvalidEventError with every problem."""
-        return validate_many(list(events), self._clock(), path)
+        return validate_many(list(events), self._clock(), path, self.max_event_age)
 
     def enqueue(
         self, event: Mapping[str, Any], *, conn: sqlite3.Connection | None = None, source: str | None = None
@@ -152,7 +169,7 @@ class Outbox:
         """
         # The same as enqueue_many([event], path="event"), without its list and loop: this is the
         # per-event hot path of the library.
-        checked, problems = check_event(event, self._clock(), "event[0]")
+        checked, problems = check_event(event, self._clock(), "event[0]", self.max_event_age)
         if checked is None:
             raise InvalidEventError(problems)
         return self.enqueue_validated([checked], conn=conn, source=source)
@@ -170,7 +187,7 @@ class Outbox:
         Raises InvalidEventError (every problem of every event), EventConflictError (an event_id stored
         with different content: nothing of this call is stored), OutboxFullError (back-pressure).
         """
-        validated = validate_many(list(events), self._clock(), path)
+        validated = validate_many(list(events), self._clock(), path, self.max_event_age)
         return self.enqueue_validated(validated, conn=conn, source=source)
 
     def enqueue_validated(
@@ -193,6 +210,7 @@ class Outbox:
             warnings=[w for e in events for w in e.warnings] + checked,
             late=[e.event_id for e in events if e.late],
             source=source,
+            retimed=inserted.retimed,
         )
         if conn is None:
             self._backlog += len(result.new)

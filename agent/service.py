@@ -82,6 +82,7 @@ class Agent:
             max_events=settings.outbox.max_events,
             max_bytes=settings.outbox.max_bytes,
             source="library",
+            max_event_age=settings.intake.max_event_age,
         )
         self.outbox.add_listener(metrics.record_enqueued)
         self.outbox.set_checker(build_checker(settings, self.store))

@@ -49,6 +49,14 @@ def strip_timestamp(payload: str) -> str:
     return payload[:cut] + "}"
 
 
+def payload_timestamp(payload: str) -> str:
+    """The timestamp text of a canonical payload (its last member)."""
+    cut = payload.rfind(',"timestamp":"')
+    if cut < 0 or not payload.endswith('"}'):
+        raise ValueError("payload is not canonical: timestamp is not its last member")
+    return payload[cut + len(',"timestamp":"') : -2]
+
+
 def parse_timestamp(value: object) -> datetime:
     """Read an ISO 8601 / RFC 3339 string (or a datetime) as an aware UTC datetime.
 

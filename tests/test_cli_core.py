@@ -59,7 +59,7 @@ def test_enqueue_conflict_refuses_only_that_event(tmp_path: Path) -> None:
     run("enqueue", "--outbox", str(db), "--create", input=line(1, metadata={"n": 1}))
     proc = run("enqueue", "--outbox", str(db), input=line(1, metadata={"n": 2}) + "\n" + line(2))
     assert proc.returncode == 1
-    assert "event_id e1" in proc.stderr and "new event_id" in proc.stderr
+    assert "line 1.event_id: 'e1' is already in the outbox" in proc.stderr and "new event_id" in proc.stderr
     with Store(db) as store:
         assert store.get("e2") is not None
 
@@ -125,3 +125,37 @@ def test_the_outbox_is_readable_with_the_sqlite_utils_cli(tmp_path: Path) -> Non
     rows = json.loads(proc.stdout)
     assert [r["event_id"] for r in rows] == ["e1", "e2"]
     assert json.loads(rows[0]["payload"])["customer_id"] == "cus_1"  # payloads are plain JSON text
+
+
+def test_enqueue_two_clashing_lines_are_both_refused_by_line(tmp_path: Path) -> None:
+    db = tmp_path / "o.db"
+    text = "\n".join([line(1, metadata={"n": 1}), line(2), line(1, metadata={"n": 2})]) + "\n"
+    proc = run("enqueue", "--outbox", str(db), "--json", input=text)
+    assert proc.returncode == 1
+    summary = json.loads(proc.stdout)
+    assert (summary["stored"], summary["refused"]) == (1, 2)
+    where = {p["where"]: p["problem"] for p in summary["problems"]}
+    assert set(where) == {"line 1.event_id", "line 3.event_id"}
+    assert "line 3" in where["line 1.event_id"] and "line 1" in where["line 3.event_id"]
+    assert all("already" not in message for message in where.values())
+    with Store(db) as store:
+        assert store.get("e1") is None and store.get("e2") is not None
+
+
+def test_enqueue_a_retry_with_another_timestamp_is_a_duplicate_with_a_note(tmp_path: Path) -> None:
+    import time
+
+    db = tmp_path / "o.db"
+    first = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 120))
+    second = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    run("enqueue", "--outbox", str(db), input=line(1, timestamp=first))
+    proc = run("enqueue", "--outbox", str(db), input=line(2) + "\n" + line(1, timestamp=second))
+    assert proc.returncode == 0, proc.stderr
+    assert "stored 1 new, 1 duplicates already stored, 0 refused" in proc.stderr
+    assert (
+        f"note: line 2.timestamp: same event as the one stored ('e1'); only timestamp differs (stored {first}"
+        in proc.stderr
+    )
+    with Store(db) as store:
+        record = store.get("e1")
+        assert record is not None and record.event["timestamp"] == first

@@ -8,14 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from agent.errors import InvalidEventError
-from agent.events import (
-    MAX_ID_LENGTH,
-    check_event,
-    duplicate_ids,
-    same_content,
-    validate,
-    validate_many,
-)
+from agent.events import MAX_ID_LENGTH, check_event, validate, validate_many
+from agent.repeats import CONFLICT, RETIMED, SAME, compare_content, duplicate_ids, same_content
 from agent.timestamps import strip_timestamp
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC).timestamp()
@@ -183,14 +177,18 @@ def test_same_content_ignores_a_stamped_timestamp() -> None:
     assert not same_content(first.payload, True, changed.payload, True)
     explicit = validate(ev(timestamp="2026-11-26T11:00:00Z"), NOW)
     other = validate(ev(timestamp="2026-11-26T11:00:01Z"), NOW)
-    assert not same_content(explicit.payload, False, other.payload, False)
+    # A producer that rebuilt the event in a retry loop: the same event, retimed (issue 11).
+    assert compare_content(explicit.payload, False, other.payload, False) == RETIMED
+    assert compare_content(explicit.payload, False, explicit.payload, False) == SAME
+    assert compare_content(explicit.payload, False, changed.payload, False) == CONFLICT
 
 
 def test_duplicate_ids_in_one_request() -> None:
     events = validate_many([ev(), ev(event_id="e2"), ev()], NOW)
     found = duplicate_ids(events)
-    assert [p.path for p in found] == ["events[2].event_id"]
+    assert [p.path for p in found] == ["events[2].event_id", "events[0].event_id"]
     assert "repeats events[0]" in found[0].message
+    assert "also the event_id of events[2]" in found[1].message
 
 
 def test_extreme_values_are_problems_not_crashes() -> None:

@@ -130,6 +130,27 @@ def test_duplicate_ids_in_one_request(agent: Agent) -> None:
     assert agent.stored() == {}
 
 
+def test_two_clashing_events_in_one_request_are_both_named_and_counted(agent: Agent) -> None:
+    from agent import metrics
+
+    def rejected() -> float:
+        value = metrics.REGISTRY.get_sample_value(
+            "dodo_outbox_events_rejected_total", {"source": "http", "reason": "duplicate_in_request"}
+        )
+        return value or 0.0
+
+    before = rejected()
+    response = agent.post(
+        {"events": [event("a", metadata={"n": 1}), event("b"), event("a", metadata={"n": 2})]}
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert {p["path"] for p in body["problems"]} == {"events[0].event_id", "events[2].event_id"}
+    assert "already" not in body["message"] and all("already" not in p["message"] for p in body["problems"])
+    assert rejected() - before == 2
+    assert agent.stored() == {}
+
+
 def one(**fields: Any) -> bytes:
     """A body with one event of exactly these fields."""
     return json.dumps({"events": [fields]}).encode()
@@ -177,6 +198,24 @@ def test_conflict_is_400_not_409_and_stores_nothing_of_the_request(agent: Agent)
     assert body["code"] == "EVENT_CONFLICT"
     assert body["problems"][0]["path"] == "events[1].event_id"
     assert "new" not in agent.stored()
+
+
+def test_a_retry_with_another_timestamp_is_answered_as_a_duplicate(agent: Agent) -> None:
+    first = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 120))
+    second = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    assert agent.post({"events": [event("a", timestamp=first)]}).json() == {"ingested_count": 1}
+    response = agent.post({"events": [event("b"), event("a", timestamp=second)]})
+    assert response.status_code == 200 and response.json() == {"ingested_count": 1}
+    assert json.loads(agent.stored()["a"][0])["timestamp"] == first
+
+
+def test_conflicts_name_every_index(agent: Agent) -> None:
+    assert agent.post({"events": [event("a", metadata={"n": 1}), event("b")]}).status_code == 200
+    response = agent.post(
+        {"events": [event("a", metadata={"n": 2}), event("c"), event("b", metadata={"n": 1})]}
+    )
+    assert response.status_code == 400
+    assert [p["path"] for p in response.json()["problems"]] == ["events[0].event_id", "events[2].event_id"]
 
 
 def test_token(make_agent: Callable[..., Agent]) -> None:

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,11 @@ def test_enqueue_returns_after_commit(tmp_path: Path) -> None:
 def test_results_report_duplicates_warnings_and_late(tmp_path: Path) -> None:
     with Outbox(tmp_path / "o.db") as outbox:
         outbox.enqueue(event(1))
-        old = event(2) | {"timestamp": "2000-01-01T00:00:00Z"}
+        two_hours_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 7200))
+        old = event(2) | {"timestamp": two_hours_ago}
         result = outbox.enqueue_many([event(1), old, event(3, tokens="12")])
-        # An event from the year 2000 is late (the delivery policy decides), not refused.
+        # An event 2 hours old is late (the delivery policy decides), not refused (older than
+        # [intake] max_event_age it would be: tests/test_event_age.py).
         assert result.new == ["e2", "e3"]
         assert result.duplicates == ["e1"]
         assert result.late == ["e2"]

@@ -123,6 +123,7 @@ def open_outbox(
         max_events=settings.outbox.max_events,
         max_bytes=settings.outbox.max_bytes,
         source=source,
+        max_event_age=settings.intake.max_event_age,
     )
     outbox.set_checker(build_checker(settings, outbox.store))
     return outbox

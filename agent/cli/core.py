@@ -57,7 +57,9 @@ def enqueue(
         # Each meter warning is printed once, below, as `warning: ...`: the checker's log line would
         # repeat it (and, with logging unconfigured, land on stdout inside the --json output).
         outbox.checker.log_warnings = False
-    summary: dict[str, Any] = {"stored": 0, "duplicates": 0, "refused": 0, "warnings": 0, "late": 0}
+    summary: dict[str, Any] = {
+        "stored": 0, "duplicates": 0, "refused": 0, "warnings": 0, "late": 0, "notes": []
+    }  # fmt: skip
     problems: list[Problem] = []
     with outbox, stream:
         progress = Progress(
@@ -70,7 +72,7 @@ def enqueue(
         )
         with progress:
             task = progress.add_task("enqueue", total=total, stored=0)
-            for chunk, found in _chunks(stream, time.time()):
+            for chunk, found in _chunks(stream, time.time(), outbox.max_event_age):
                 problems.extend(found)
                 summary["refused"] += len({p.path.split(".")[0] for p in found})
                 _store(outbox, chunk, summary, problems)
@@ -93,9 +95,11 @@ def enqueue(
         sys.exit(common.EXIT_FAILED)
 
 
-def _chunks(stream: IO[bytes], now: float) -> Iterator[tuple[list[Event], list[Problem]]]:
-    """Validated events in chunks of CHUNK_EVENTS, with the problems found on the way."""
-    events: list[Event] = []
+def _chunks(
+    stream: IO[bytes], now: float, max_age: float
+) -> Iterator[tuple[list[tuple[int, Event]], list[Problem]]]:
+    """Validated events with their lines, in chunks of CHUNK_EVENTS, with the problems found on the way."""
+    events: list[tuple[int, Event]] = []
     problems: list[Problem] = []
     count = 0
     for record in read_records(stream):
@@ -103,34 +107,37 @@ def _chunks(stream: IO[bytes], now: float) -> Iterator[tuple[list[Event], list[P
             problems.append(Problem(f"line {record.line}", record.message))
             continue
         count += 1
-        event, found = check_event(record.value, now, f"line {record.line}")
+        event, found = check_event(record.value, now, f"line {record.line}", max_age)
         if event is None:
             problems.extend(found)
         else:
-            events.append(event)
+            events.append((record.line, event))
         if len(events) >= CHUNK_EVENTS:
             yield events, problems
             events, problems = [], []
     yield events, problems
 
 
-def _store(outbox: Outbox, chunk: list[Event], summary: dict[str, Any], problems: list[Problem]) -> None:
+def _store(
+    outbox: Outbox, chunk: list[tuple[int, Event]], summary: dict[str, Any], problems: list[Problem]
+) -> None:
     try:
-        result = outbox.enqueue_validated(chunk)
+        result = outbox.enqueue_validated([e for _, e in chunk])
     except InvalidEventError as exc:
         # strict_meters: the chunk holds events no meter would bill; none of it was stored.
         problems.extend(exc.problems)
         summary["refused"] += len(chunk)
         return
     except EventConflictError as exc:
-        # One conflicting event must not block the rest of the chunk: store the others.
-        conflicting = set(exc.event_ids)
-        for event_id in exc.event_ids:
-            problems.append(
-                Problem(f"event_id {event_id}", str(exc).split(":", 1)[0] + "; give it a new event_id")
-            )
-        summary["refused"] += len(conflicting)
-        rest = [e for e in chunk if e.event_id not in conflicting]
+        # One conflicting event must not block the rest of the chunk: store the others. Every refused
+        # event is named by its line (both lines of a clash inside the input).
+        conflicts = exc.located([e.event_id for _, e in chunk])
+        refused = {c.index for c in conflicts}
+        for conflict in conflicts:
+            other = None if conflict.other is None else f"line {chunk[conflict.other][0]}"
+            problems.append(Problem(f"line {chunk[conflict.index][0]}.event_id", conflict.reason(other)))
+        summary["refused"] += len(refused)
+        rest = [item for i, item in enumerate(chunk) if i not in refused]
         if rest:
             _store(outbox, rest, summary, problems)
         return
@@ -140,6 +147,11 @@ def _store(outbox: Outbox, chunk: list[Event], summary: dict[str, Any], problems
     summary["late"] += len(result.late)
     for warning in result.warnings:
         common.err.print(f"warning: {warning}", markup=False)
+    for retimed in result.retimed:
+        earlier = None if retimed.earlier is None else f"line {chunk[retimed.earlier][0]}"
+        note = retimed.note(f"line {chunk[retimed.index][0]}.timestamp", earlier)
+        summary["notes"].append({"where": note.path, "note": note.message})
+        common.err.print(f"note: {note}", markup=False)
 
 
 @click.group()

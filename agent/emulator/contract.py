@@ -12,13 +12,21 @@ Status mapping (the first problem found wins; its message names it, e.g. ``event
   missing, a field of the wrong JSON type (``event_id``/``customer_id``/``event_name``/``timestamp``
   not strings, ``metadata`` not an object, a metadata value null, an object or an array).
 - 400 ``BAD_REQUEST`` (validation): 0 or more than 1000 events, an empty ``event_id``/``customer_id``/
-  ``event_name``, a timestamp that is not ISO 8601 or lies outside the window, a metadata limit
-  (more than 50 keys, a key over 100 characters, a string value over 500 characters).
+  ``event_name``, one over 255 characters or with whitespace around it (see below), a timestamp
+  that is not ISO 8601 or lies outside the window, a metadata limit (more than 50 keys, a key over
+  100 characters, a string value over 500 characters).
 - 400 ``DUPLICATE_EVENT_ID``: the same ``event_id`` twice inside one request.
 - 400 ``BAD_REQUEST`` for an ``event_id`` matching ``reject_event_ids`` (test-only poison events, see
   ``EmulatorConfig.reject_event_ids``; not a rule of Dodo's).
 
 Any failure fails the whole request: nothing of it is stored.
+
+Where Dodo's published schema is silent, the emulator takes the agent's documented reading (README,
+"What is validated"), so the agent's validation and its emulator agree on every edge case
+(tests/test_validation_agreement.py runs one corpus through both): ids are at most 255 characters
+(``MAX_ID_CHARS``) and carry no whitespace around them (any character ``str.isspace`` calls whitespace:
+NBSP U+00A0, U+3000, U+0085, the separators U+001C-U+001F...). Integers follow JSON parsing as
+Dodo's does: exact up to 64 bits (i64 and u64), a float beyond; an empty metadata key is accepted.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import orjson
 from agent.emulator.meterfilter import passes
 
 MAX_EVENTS = 1000
+MAX_ID_CHARS = 255
 MAX_METADATA_KEYS = 50
 MAX_METADATA_KEY_CHARS = 100
 MAX_METADATA_VALUE_CHARS = 500
@@ -164,8 +173,13 @@ def validate_events(
     for index, event in enumerate(events):
         where = f"events[{index}]"
         for name in REQUIRED_FIELDS:
-            if event[name] == "":
+            value = event[name]
+            if value == "":
                 raise _invalid(f"{where}.{name}: must not be empty")
+            if len(value) > MAX_ID_CHARS:
+                raise _invalid(f"{where}.{name}: at most {MAX_ID_CHARS} characters, got {len(value)}")
+            if value[0].isspace() or value[-1].isspace():
+                raise _invalid(f"{where}.{name}: {value!r} has whitespace around it")
         event_id = event["event_id"]
         if event_id in seen:
             raise ContractError(

@@ -15,7 +15,8 @@ import orjson
 from starlette.responses import Response
 
 from agent.errors import Problem
-from agent.events import FIELDS, Event, check_event, duplicate_ids
+from agent.events import FIELDS, MAX_EVENT_AGE_SECONDS, Event, check_event
+from agent.repeats import duplicate_ids
 
 MAX_LISTED = 1000
 """Problems listed in one error body (the message gives the total)."""
@@ -75,10 +76,12 @@ def is_schema_violation(raw: object) -> bool:
     )
 
 
-def safe_check(raw: object, now: float, path: str) -> tuple[Event | None, list[Problem]]:
+def safe_check(
+    raw: object, now: float, path: str, max_age: float = MAX_EVENT_AGE_SECONDS
+) -> tuple[Event | None, list[Problem]]:
     """`check_event`, with any crash on strange input turned into a problem (never a 500)."""
     try:
-        return check_event(raw, now, path)
+        return check_event(raw, now, path, max_age)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         return None, [Problem(path, f"cannot be validated ({type(exc).__name__}: {exc}); fix its values")]
 
@@ -89,8 +92,10 @@ def summary(problems: Sequence[Problem]) -> str:
     return f"{count} problem{'s' if count != 1 else ''}; nothing was stored: {problems[0]}{more}"
 
 
-def check_body(body: bytes, now: float) -> list[Event]:
-    """Parse and validate a request body like Dodo does. Returns the events; raises Refusal (422/400)."""
+def check_body(body: bytes, now: float, max_age: float = MAX_EVENT_AGE_SECONDS) -> list[Event]:
+    """Parse and validate a request body like Dodo does. Returns the events; raises Refusal (422/400).
+
+    `max_age`: `[intake] max_event_age` in seconds (older timestamps are a 400)."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -111,7 +116,7 @@ def check_body(body: bytes, now: float) -> list[Event]:
     events: list[Event] = []
     problems: list[Problem] = []
     for index, raw in enumerate(raws):
-        event, found = safe_check(raw, now, f"events[{index}]")
+        event, found = safe_check(raw, now, f"events[{index}]", max_age)
         problems.extend(found)
         if event is not None:
             events.append(event)

@@ -35,7 +35,7 @@ import watchfiles
 from agent import metrics
 from agent.config import DropdirSettings
 from agent.errors import EventConflictError, OutboxError, OutboxFullError, Problem
-from agent.events import Event, check_event, same_content
+from agent.events import Event, check_event
 from agent.intake.files import ParseProblem, Record, read_records
 from agent.intake.spoolfiles import ErrorsFile, field_of, open_regular
 from agent.outbox import Outbox
@@ -240,15 +240,16 @@ class DropDir:
         stop: threading.Event | None,
         ndjson: bool = False,
     ) -> None:
+        # Repeats inside a chunk are settled by the outbox call (duplicate, retimed duplicate, or both
+        # events of a clash refused), each refusal mapped back to its line by _store.
         chunk: list[tuple[int, Event]] = []
-        seen: dict[str, Event] = {}
         now = self.clock()
         # A chunk larger than max_events would never fit, even in an empty outbox.
         size = min(CHUNK_EVENTS, self.outbox.max_events or CHUNK_EVENTS)
         for record in self._records(stream, errors, ndjson):
             result.records += 1
             try:
-                event, problems = check_event(record.value, now, "event")
+                event, problems = check_event(record.value, now, "event", self.outbox.max_event_age)
             except (ValueError, TypeError, OverflowError, RecursionError) as exc:
                 event, problems = (
                     None,
@@ -261,21 +262,12 @@ class DropDir:
             if event is None:
                 metrics.record_rejected("dropdir", "invalid")
                 continue
-            first = seen.get(event.event_id)
-            if first is not None:  # repeated inside this chunk: settle it here, keep the first
-                if same_content(first.payload, first.stamped, event.payload, event.stamped):
-                    result.duplicates += 1
-                else:
-                    errors.add(record.line, event.event_id, "event_conflict", "event_id", _CONFLICT)
-                    metrics.record_rejected("dropdir", "conflict")
-                continue
-            seen[event.event_id] = event
             chunk.append((record.line, event))
             if len(chunk) >= size:
                 if stop is not None and stop.is_set():
                     raise _Interrupted  # what is committed stays; the rest is read again next time
                 self._store(chunk, result, errors)
-                chunk, seen, now = [], {}, self.clock()
+                chunk, now = [], self.clock()
         self._store(chunk, result, errors)
 
     def _store(self, chunk: list[tuple[int, Event]], result: FileResult, errors: ErrorsFile) -> None:
@@ -284,15 +276,21 @@ class DropDir:
             try:
                 stored = self.outbox.enqueue_validated([e for _, e in chunk], source="dropdir")
             except EventConflictError as exc:
-                conflicting = set(exc.event_ids)
-                for line, event in chunk:
-                    if event.event_id in conflicting:
-                        errors.add(line, event.event_id, "event_conflict", "event_id", _CONFLICT)
-                        metrics.record_rejected("dropdir", "conflict")
-                chunk = [(line, e) for line, e in chunk if e.event_id not in conflicting]
+                conflicts = exc.located([e.event_id for _, e in chunk])
+                refused = {c.index for c in conflicts}
+                for conflict in conflicts:
+                    line, event = chunk[conflict.index]
+                    other = None if conflict.other is None else f"line {chunk[conflict.other][0]}"
+                    errors.add(line, event.event_id, "event_conflict", "event_id", conflict.reason(other))
+                    metrics.record_rejected("dropdir", "conflict")
+                chunk = [item for i, item in enumerate(chunk) if i not in refused]
                 continue
             result.new += len(stored.new)
             result.duplicates += len(stored.duplicates)
+            for retimed in stored.retimed:
+                earlier = None if retimed.earlier is None else f"line {chunk[retimed.earlier][0]}"
+                note = retimed.note(f"line {chunk[retimed.index][0]}.timestamp", earlier)
+                log.info("dropdir_retimed_duplicate", file=result.name, note=str(note))
             return
 
     def prune_done(self, now: float | None = None) -> int:
@@ -349,9 +347,3 @@ class DropDir:
 
 class _Interrupted(Exception):
     """Stop was set mid-file."""
-
-
-_CONFLICT = (
-    "event_id already stored with different content; Dodo ignores a repeated event_id, so this usage "
-    "would never be billed. Give the new event its own event_id"
-)

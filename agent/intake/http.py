@@ -2,7 +2,8 @@
 
 An app moves to the agent by changing only its SDK's `base_url`. Same request, same answers:
 - `200 {"ingested_count": n}` once the events are COMMITTED to the outbox file (n counts new events;
-  events already stored with the same content are not counted, as Dodo does).
+  events already stored with the same content are not counted, as Dodo does; nor is the same event
+  with only another timestamp, a producer's rebuilt retry: the stored one is kept and the log says so).
 - `422 UNPROCESSABLE_ENTITY`: not JSON, or not Dodo's shape (an event that is not an object, an unknown
   field, a field of the wrong JSON type), as Dodo's deserialiser refuses it. `400 BAD_REQUEST`: a rule
   broken. `400 DUPLICATE_EVENT_ID`: an id twice in one request. `400 EVENT_CONFLICT`: an id already
@@ -148,7 +149,7 @@ class HttpIntake:
 
     def _store(self, body: bytes) -> Response:
         """Validate and commit (runs in a worker thread: the commit waits for the disk)."""
-        events = check_body(body, self.clock())
+        events = check_body(body, self.clock(), self.outbox.max_event_age)
         try:
             result = self.outbox.enqueue_validated(events, source="http")
         except OutboxFullError as exc:
@@ -156,15 +157,14 @@ class HttpIntake:
             log.warning("intake_refused_full", source="http", events=len(events), reason=str(exc))
             raise Refusal(429, "OUTBOX_FULL", str(exc), headers=retry_headers(wait)) from None
         except EventConflictError as exc:
-            conflicting = set(exc.event_ids)
+            # Every refused event by its index (both events of a clash inside the request, although
+            # check_body already refuses an id twice in one request, as Dodo does).
             problems = [
                 Problem(
-                    f"events[{i}].event_id",
-                    f"{e.event_id!r} is already in the outbox with different content; Dodo would ignore "
-                    "this event and never bill it. Give it a new event_id (or resend the same content)",
+                    f"events[{c.index}].event_id",
+                    c.reason(None if c.other is None else f"events[{c.other}]"),
                 )
-                for i, e in enumerate(events)
-                if e.event_id in conflicting
+                for c in exc.located([e.event_id for e in events])
             ]
             raise Refusal(400, "EVENT_CONFLICT", summary(problems), problems) from None
         except InvalidEventError as exc:
@@ -182,6 +182,10 @@ class HttpIntake:
             log.info(
                 "intake_warnings", source="http", count=len(result.warnings), first=str(result.warnings[0])
             )
+        if result.retimed:
+            # Answered as Dodo answers a duplicate ({"ingested_count": 0} for it); the log says why.
+            notes = result.notes()
+            log.info("intake_retimed_duplicates", source="http", count=len(notes), first=str(notes[0]))
         return json_response(200, {"ingested_count": result.ingested_count})
 
     async def ingest(self, request: Request) -> Response:

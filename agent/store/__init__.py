@@ -9,10 +9,11 @@ from __future__ import annotations
 from agent.store.base import State, StoreOptions, disk_full
 from agent.store.clock import ClockMixin
 from agent.store.dlq import DeadFilter, DlqMixin, FileStats, ReplayChunk, WindowRates
+from agent.store.insert import InsertResult, Retimed, insert_in_transaction
 from agent.store.meters import MetersMixin
 from agent.store.ops import EventRecord, OpsMixin
 from agent.store.preview import PreviewMixin, RangeRow
-from agent.store.queue import Claimed, InsertResult, QueueMixin, insert_in_transaction
+from agent.store.queue import Claimed, QueueMixin
 from agent.store.schema import SCHEMA_VERSION
 
 
@@ -30,6 +31,7 @@ __all__ = [
     "InsertResult",
     "RangeRow",
     "ReplayChunk",
+    "Retimed",
     "State",
     "Store",
     "StoreOptions",

@@ -6,12 +6,13 @@ each (so the agent's writers interleave and a progress bar can advance) and retu
 moved, so a caller never reports work that did not happen.
 
 Restamp on replay (a decision): an event past Dodo's 1-hour window gets its timestamp rewritten to
-the replay time, is flagged `stamped` (the timestamp is the agent's, not content, so the original
-event enqueued again still counts as a duplicate, not a conflict) and `restamped`, and its original
-timestamp is kept in `last_error`. We rewrite rather than store a payload without a timestamp because
-the stored payload stays canonical (timestamp last) for the delivery engine, which splices stored
-payloads and cuts timestamps by suffix; the effect for Dodo is the same as an omitted timestamp
-(server time), give or take the time the event waits in the queue.
+the replay time and is flagged `restamped`; its original event time is kept in `original_ts` (schema
+V2: durable, where `last_error` was cleared on delivery). `stamped` keeps what it was at enqueue; a
+row with `original_ts` counts as agent-stamped when an event with its id arrives again, so the
+original event enqueued again is a duplicate, not a conflict. We rewrite rather than store a payload
+without a timestamp because the stored payload stays canonical (timestamp last) for the delivery
+engine, which splices stored payloads and cuts timestamps by suffix; the effect for Dodo is the same
+as an omitted timestamp (server time), give or take the time the event waits in the queue.
 """
 
 from __future__ import annotations
@@ -329,7 +330,8 @@ def _replay_rows(
                 plain.append((was, row_id))  # not canonical: replay as stored, Dodo decides
                 continue
             original = format_timestamp(datetime.fromtimestamp(ts / 1_000_000, UTC))
-            stamped.append((new_payload, now_us, f"{was}; restamped, original timestamp {original}", row_id))
+            note = f"{was}; restamped, original timestamp {original}"
+            stamped.append((new_payload, now_us, note, row_id))
         else:
             plain.append((was, row_id))
     reset = (
@@ -342,8 +344,9 @@ def _replay_rows(
     )
     middle = conn.total_changes
     conn.executemany(
-        f"UPDATE dodo_outbox_events SET {reset}, payload = ?, ts = ?, stamped = 1, restamped = 1, "
-        "last_error = ? WHERE state = 'dead' AND id = ?",
+        # original_ts: the first replay's original survives a second replay (SET reads the old ts).
+        f"UPDATE dodo_outbox_events SET {reset}, original_ts = coalesce(original_ts, ts), payload = ?, "
+        "ts = ?, restamped = 1, last_error = ? WHERE state = 'dead' AND id = ?",
         stamped,
     )
     return ReplayChunk(conn.total_changes - before, conn.total_changes - middle)

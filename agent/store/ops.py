@@ -12,7 +12,8 @@ from agent.store.queue import CLAIM_SQL
 
 _ROW_COLUMNS = (
     "id, event_id, event_name, ts, payload, stamped, source, state, attempts, enqueued_at, "
-    "next_attempt_at, lease_until, settled_at, restamped, reason, http_status, response, last_error"
+    "next_attempt_at, lease_until, settled_at, restamped, reason, http_status, response, last_error, "
+    "original_ts"
 )
 
 
@@ -38,6 +39,8 @@ class EventRecord:
     http_status: int | None
     response: str | None
     last_error: str | None
+    original_ts_us: int | None = None
+    """The producer's event time when `dlq replay --restamp` rewrote `ts_us`; None if never rewritten."""
 
     @property
     def event(self) -> dict[str, Any]:
@@ -53,6 +56,8 @@ class EventRecord:
             "attempts": self.attempts,
             "event_name": self.event_name,
             "timestamp": iso_us(self.ts_us),
+            # Restamped (at delivery, or by `dlq replay --restamp`): the producer's own event time.
+            "original_timestamp": iso_us(self.original_ts_us or self.ts_us) if self.restamped else None,
             "timestamp_stamped_at_enqueue": self.stamped,
             "source": self.source,
             "enqueued_at": iso_us(self.enqueued_at_us),
@@ -96,6 +101,7 @@ def record_from_row(row: tuple[Any, ...]) -> EventRecord:
         http_status,
         response,
         last_error,
+        original_ts,
     ) = row
     return EventRecord(
         row_id,
@@ -116,6 +122,7 @@ def record_from_row(row: tuple[Any, ...]) -> EventRecord:
         http_status,
         response,
         last_error,
+        original_ts,
     )
 
 

@@ -1,5 +1,8 @@
 """The hot paths of the outbox: enqueue, claim, settle. Raw sqlite3, one transaction per call.
 
+Enqueue's SQL and its duplicate/conflict rules live in `agent.store.insert`; this module runs them in
+the outbox's own transactions (the autocommit fast path, group commit).
+
 Every state change is one UPDATE guarded by the source state (and, for inflight rows, by the lease
 owner), and its row count is returned so the caller can see whether it applied: a stale worker whose
 lease expired can never move a row that another worker already settled.
@@ -9,39 +12,31 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from agent.errors import EventConflictError, OutboxError
-from agent.events import Event, same_content
-from agent.store import schema
+from agent.events import Event
 from agent.store.base import RESPONSE_EXCERPT_CHARS, StoreBase
-
-_INSERT_HEAD = (
-    "INSERT INTO dodo_outbox_events (event_id, event_name, ts, payload, stamped, source, enqueued_at, "
-    "next_attempt_at) VALUES "
+from agent.store.insert import (
+    INSERT_HEAD,
+    INSERT_ROW,
+    ONE_STATEMENT_ROWS,
+    InsertResult,
+    NotAllNew,
+    Retimed,
+    insert_all_new,
+    insert_in_transaction,
+    insert_on,
+    plain_insert_sql,
+    rows_of,
 )
-_INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, 0)"
-_ON_CONFLICT = " ON CONFLICT (event_id) DO NOTHING"
-_MAX_ROWS_PER_INSERT = 128
-"""7 parameters a row: 896, under the 999 variables of the oldest SQLite builds."""
-_insert_sql: dict[int, str] = {}
-_ONE_STATEMENT_ROWS = 32
-"""Up to this many rows are stored by one plain INSERT that commits by itself (_insert_autocommit).
-It bounds the distinct statements that path caches to 32."""
-_plain_insert_sql: dict[int, str] = {}
+
+__all__ = ["CLAIM_SQL", "Claimed", "InsertResult", "QueueMixin", "Retimed", "insert_in_transaction"]
 
 CLAIM_SQL = (
     "SELECT id, event_id, ts, payload, attempts, enqueued_at FROM dodo_outbox_events "
     "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY ts LIMIT ?"
 )
-
-
-@dataclass
-class InsertResult:
-    """What one enqueue call stored: event_ids that were new and those already in the outbox."""
-
-    new: list[str] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,129 +49,6 @@ class Claimed:
     payload: str
     attempts: int
     enqueued_at_us: int
-
-
-def _rows(events: Sequence[Event], source: str, now_us: int) -> list[tuple[object, ...]]:
-    return [(e.event_id, e.event_name, e.ts_us, e.payload, int(e.stamped), source, now_us) for e in events]
-
-
-def _insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
-    """INSERT rows with multi-row VALUES statements, in power-of-two sizes up to _MAX_ROWS_PER_INSERT.
-
-    Measured against executemany: 1000 rows insert in half the time, and a statement is one GIL
-    release instead of one per row. The second matters most: a group-commit leader that re-takes the GIL
-    after every row waits behind every thread busy validating, and its commit (so every waiter) slows
-    down. Power-of-two sizes keep the distinct statements to eight, all in the statement cache.
-    """
-    start, total = 0, len(rows)
-    while start < total:
-        size = min(_MAX_ROWS_PER_INSERT, 1 << ((total - start).bit_length() - 1))
-        sql = _insert_sql.get(size)
-        if sql is None:
-            sql = _insert_sql[size] = _INSERT_HEAD + ",".join([_INSERT_ROW] * size) + _ON_CONFLICT
-        if size == 1:
-            conn.execute(sql, rows[start])
-        else:
-            conn.execute(sql, [value for row in rows[start : start + size] for value in row])
-        start += size
-
-
-def _dedupe(events: Sequence[Event]) -> tuple[list[Event], list[str], list[str]]:
-    """Drop repeats inside one call: same content is a duplicate, different content a conflict."""
-    if len(events) == 1:
-        return list(events), [], []
-    seen: dict[str, Event] = {}
-    unique: list[Event] = []
-    dupes: list[str] = []
-    conflicts: list[str] = []
-    for event in events:
-        first = seen.get(event.event_id)
-        if first is None:
-            seen[event.event_id] = event
-            unique.append(event)
-        elif same_content(first.payload, first.stamped, event.payload, event.stamped):
-            dupes.append(event.event_id)
-        else:
-            conflicts.append(event.event_id)
-    return unique, dupes, conflicts
-
-
-def insert_on(conn: sqlite3.Connection, events: Sequence[Event], source: str, now_us: int) -> InsertResult:
-    """Insert events on a connection inside the caller's open transaction (or savepoint).
-
-    Raises EventConflictError, leaving the caller to roll back, when an event_id is stored (or repeated
-    in `events`) with different content.
-    """
-    if len(events) == 1:
-        # One event (the library's per-event call): nothing to dedupe, one row, one statement.
-        unique, dupes, conflicts = [events[0]], list[str](), list[str]()
-        before = conn.total_changes
-        conn.execute(_INSERT_HEAD + _INSERT_ROW + _ON_CONFLICT, _rows(unique, source, now_us)[0])
-    else:
-        unique, dupes, conflicts = _dedupe(events)
-        if conflicts:
-            raise EventConflictError(conflicts)
-        before = conn.total_changes
-        _insert_rows(conn, _rows(unique, source, now_us))
-    inserted = conn.total_changes - before
-    if inserted == len(unique):
-        # The common case: every event is new. No extra query (this is the hot path of enqueue).
-        return InsertResult([e.event_id for e in unique], dupes)
-    result = InsertResult([], dupes)
-    # Some were already stored. The rows this call inserted took consecutive ids ending at
-    # last_insert_rowid(): an INTEGER PRIMARY KEY appends at max(id) + 1, nothing else writes the
-    # table during one executemany, and DO NOTHING leaves last_insert_rowid alone. So a stored id at
-    # or past the first of them is new; for the others, tell a duplicate (same content) from a conflict.
-    # (Reading max(id) before the insert would cost every call a query for this rare case.)
-    first_new_id = 1 << 63
-    if inserted:
-        first_new_id = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0]) - inserted + 1
-    stored: dict[str, tuple[int, str, int]] = {}
-    ids = [e.event_id for e in unique]
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        for row_id, event_id, payload, stamped in conn.execute(
-            f"SELECT id, event_id, payload, stamped FROM dodo_outbox_events WHERE event_id IN ({marks})",
-            chunk,
-        ):
-            stored[event_id] = (row_id, payload, stamped)
-    for event in unique:
-        row_id, payload, stamped = stored[event.event_id]
-        if row_id >= first_new_id:
-            result.new.append(event.event_id)
-        elif same_content(payload, bool(stamped), event.payload, event.stamped):
-            result.duplicates.append(event.event_id)
-        else:
-            conflicts.append(event.event_id)
-    if conflicts:
-        raise EventConflictError(conflicts)
-    return result
-
-
-class _NotAllNew(Exception):
-    """Raised inside the fast path's transaction to roll it back (some event was not new)."""
-
-
-def _insert_all_new(
-    conn: sqlite3.Connection, groups: Sequence[tuple[Sequence[Event], str]], now_us: int
-) -> list[InsertResult | EventConflictError]:
-    """Group commit's fast path: every row of every group in one INSERT, in the open transaction.
-
-    Returns the results when every event was new (the common case). Otherwise raises _NotAllNew, for
-    the caller to roll the transaction back and store group by group. No savepoint: each statement
-    the leader runs is a GIL hand-off among threads that are all waiting on this commit.
-    """
-    rows: list[tuple[object, ...]] = []
-    for events, source in groups:
-        if len(events) > 1 and len({e.event_id for e in events}) != len(events):
-            raise _NotAllNew  # repeats inside a call: the per-group path sorts them out
-        rows.extend(_rows(events, source, now_us))
-    before = conn.total_changes
-    _insert_rows(conn, rows)
-    if conn.total_changes - before != len(rows):
-        raise _NotAllNew
-    return [InsertResult(new=[e.event_id for e in events]) for events, _ in groups]
 
 
 class QueueMixin(StoreBase):
@@ -195,9 +67,9 @@ class QueueMixin(StoreBase):
         Raises OutboxError when the file stays locked by another writer.
         """
         size = len(rows)
-        sql = _plain_insert_sql.get(size)
+        sql = plain_insert_sql.get(size)
         if sql is None:
-            sql = _plain_insert_sql[size] = _INSERT_HEAD + ",".join([_INSERT_ROW] * size)
+            sql = plain_insert_sql[size] = INSERT_HEAD + ",".join([INSERT_ROW] * size)
         params = rows[0] if size == 1 else [value for row in rows for value in row]
         with self._lock:
             conn = self.conn
@@ -224,8 +96,8 @@ class QueueMixin(StoreBase):
         other groups are stored. Returns after COMMIT.
         Raises OutboxFullError (disk full) or OutboxError for the whole transaction.
         """
-        if sum(len(events) for events, _ in groups) <= _ONE_STATEMENT_ROWS:
-            rows = [row for events, source in groups for row in _rows(events, source, now_us)]
+        if sum(len(events) for events, _ in groups) <= ONE_STATEMENT_ROWS:
+            rows = [row for events, source in groups for row in rows_of(events, source, now_us)]
             if self._insert_autocommit(rows):
                 return [InsertResult([e.event_id for e in events], []) for events, _ in groups]
         if len(groups) == 1:
@@ -238,8 +110,8 @@ class QueueMixin(StoreBase):
                 return [exc]
         try:
             with self.write() as conn:
-                return _insert_all_new(conn, groups, now_us)
-        except _NotAllNew:  # write() rolled the attempt back; store group by group instead
+                return insert_all_new(conn, groups, now_us)
+        except NotAllNew:  # write() rolled the attempt back; store group by group instead
             pass
         results: list[InsertResult | EventConflictError] = []
         with self.write() as conn:
@@ -373,14 +245,3 @@ class QueueMixin(StoreBase):
                 "SELECT min(next_attempt_at) FROM dodo_outbox_events WHERE state = 'pending'"
             ).fetchone()
             return None if row[0] is None else int(row[0])
-
-
-def insert_in_transaction(
-    conn: sqlite3.Connection, events: Sequence[Event], source: str, now_us: int
-) -> InsertResult:
-    """The transactional outbox: insert on the application's own connection, in its transaction.
-
-    Creates the outbox tables if this database has none. Commit or rollback is the caller's.
-    """
-    schema.ensure_tables(conn)
-    return insert_on(conn, events, source, now_us)

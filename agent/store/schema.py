@@ -86,13 +86,19 @@ CREATE TABLE IF NOT EXISTS dodo_outbox_meters (
 );
 """
 
+_V2 = """
+-- The event time as the producer gave it, kept when `dlq replay --restamp` rewrites ts and the payload
+-- (NULL: never rewritten). Before V2 it lived in last_error, which delivery clears.
+ALTER TABLE dodo_outbox_events ADD COLUMN original_ts INTEGER;
+"""
+
 # Event time over the rows that bill (not dead): `meters preview` and `reconcile` read a time range
-# through it instead of scanning the file. IF NOT EXISTS: safe to renumber when migrations merge.
-_V2_EVENT_TIME = """
+# through it instead of scanning the file.
+_V3_EVENT_TIME = """
 CREATE INDEX IF NOT EXISTS dodo_outbox_event_time ON dodo_outbox_events (ts) WHERE state <> 'dead';
 """
 
-MIGRATIONS: Sequence[str] = (_V1, _V2_EVENT_TIME)
+MIGRATIONS: Sequence[str] = (_V1, _V2, _V3_EVENT_TIME)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 VERSION_KEY = "schema_version"
@@ -135,6 +141,8 @@ def ensure_tables(conn: sqlite3.Connection) -> None:
     """Create the outbox tables on an application's connection, inside its open transaction.
 
     Used by the transactional outbox; DDL is transactional in SQLite, so a rollback undoes it too.
+    Creates the current schema (every migration) and records its version in `dodo_outbox_kv`, leaving
+    the application's `PRAGMA user_version` alone.
     """
     if not _has_tables(conn):
         _upgrade(conn)

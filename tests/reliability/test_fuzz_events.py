@@ -43,7 +43,7 @@ ids = st.text(chars, min_size=1, max_size=255).filter(_no_spaces_around)
 keys = st.text(chars, min_size=1, max_size=100)
 values = st.one_of(
     st.text(chars, max_size=500),
-    st.integers(-(2**63), 2**63 - 1),
+    st.integers(-(2**63), 2**64 - 1),  # i64 and u64, as Dodo's JSON parser keeps them
     st.floats(allow_nan=False, allow_infinity=False),
     st.booleans(),
 )
@@ -164,7 +164,7 @@ def defects(draw: st.DrawFn) -> tuple[str, dict[str, Any] | object]:
                 "meta_type",
                 "meta_count",
                 "meta_key_long",
-                "meta_key_empty",
+                "ts_too_old",
                 "meta_value_long",
                 "meta_value_type",
                 "meta_int_range",
@@ -227,10 +227,10 @@ def defects(draw: st.DrawFn) -> tuple[str, dict[str, Any] | object]:
         meta[key] = 1
         event["metadata"] = meta
         return f"event.metadata.{key}", event
-    if kind == "meta_key_empty":
-        meta[""] = 1
-        event["metadata"] = meta
-        return "event.metadata", event
+    if kind == "ts_too_old":  # past [intake] max_event_age (24 h): refused, not billed today
+        ago = draw(st.floats(86401, 10 * 365 * 86400))
+        event["timestamp"] = datetime.fromtimestamp(NOW - ago, UTC).isoformat()
+        return "event.timestamp", event
     if kind == "meta_value_long":
         meta[key] = draw(st.text(chars, min_size=501, max_size=600))
         event["metadata"] = meta
@@ -244,7 +244,7 @@ def defects(draw: st.DrawFn) -> tuple[str, dict[str, Any] | object]:
         event["metadata"] = meta
         return f"event.metadata.{key}", event
     if kind == "meta_int_range":
-        meta[key] = draw(st.one_of(st.integers(min_value=2**63), st.integers(max_value=-(2**63) - 1)))
+        meta[key] = draw(st.one_of(st.integers(min_value=2**64), st.integers(max_value=-(2**63) - 1)))
         event["metadata"] = meta
         return f"event.metadata.{key}", event
     if kind == "meta_float":
