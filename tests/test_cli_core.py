@@ -130,7 +130,7 @@ def test_the_outbox_is_readable_with_the_sqlite_utils_cli(tmp_path: Path) -> Non
 def test_enqueue_two_clashing_lines_are_both_refused_by_line(tmp_path: Path) -> None:
     db = tmp_path / "o.db"
     text = "\n".join([line(1, metadata={"n": 1}), line(2), line(1, metadata={"n": 2})]) + "\n"
-    proc = run("enqueue", "--outbox", str(db), "--json", input=text)
+    proc = run("enqueue", "--outbox", str(db), "--create", "--json", input=text)
     assert proc.returncode == 1
     summary = json.loads(proc.stdout)
     assert (summary["stored"], summary["refused"]) == (1, 2)
@@ -148,7 +148,7 @@ def test_enqueue_a_retry_with_another_timestamp_is_a_duplicate_with_a_note(tmp_p
     db = tmp_path / "o.db"
     first = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 120))
     second = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
-    run("enqueue", "--outbox", str(db), input=line(1, timestamp=first))
+    run("enqueue", "--outbox", str(db), "--create", input=line(1, timestamp=first))
     proc = run("enqueue", "--outbox", str(db), input=line(2) + "\n" + line(1, timestamp=second))
     assert proc.returncode == 0, proc.stderr
     assert "stored 1 new, 1 duplicates already stored, 0 refused" in proc.stderr

@@ -121,7 +121,7 @@ def test_the_drop_directory_refuses_it_by_line(tmp_path: Path) -> None:
 def test_the_cli_refuses_it_and_follows_the_config(tmp_path: Path) -> None:
     db = tmp_path / "o.db"
     text = json.dumps(event("old", iso(time.time() - 2 * 86400))) + "\n"
-    run = [sys.executable, "-m", "agent", "enqueue", "--outbox", str(db)]
+    run = [sys.executable, "-m", "agent", "enqueue", "--outbox", str(db), "--create"]
     proc = subprocess.run(run, input=text, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "line 1.timestamp:" in proc.stderr and "max_event_age" in proc.stderr
     conf = tmp_path / "agent.toml"
