@@ -10,7 +10,7 @@ import pytest
 
 from agent.errors import EventConflictError, OutboxCorruptError
 from agent.events import Event, validate_many
-from agent.store import SCHEMA_VERSION, Store, StoreOptions
+from agent.store import SCHEMA_VERSION, Store, StoreOptions, schema
 
 NOW = time.time()
 US = 1_000_000
@@ -72,12 +72,15 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 
 def test_a_file_from_before_the_version_row_opens_with_its_rows(tmp_path: Path) -> None:
     """Outbox files written while the version lived in PRAGMA user_version (= 1) have no version row."""
-    with Store(tmp_path / "o.db") as s:
-        s.insert_groups([(events("a"), "cli")], 1)
     conn = sqlite3.connect(tmp_path / "o.db")
     with conn:
-        conn.execute("DELETE FROM dodo_outbox_kv WHERE key = 'schema_version'")
+        for statement in schema._statements(schema.MIGRATIONS[0]):  # exactly what a v1 outbox holds
+            conn.execute(statement)
         conn.execute("PRAGMA user_version = 1")
+        conn.execute(
+            "INSERT INTO dodo_outbox_events (event_id, event_name, ts, payload, enqueued_at) "
+            "VALUES ('a1', 'n', 1, '{}', 1)"
+        )
     conn.close()
     with Store(tmp_path / "o.db") as s:
         assert s.counts()["pending"] == 1
