@@ -32,6 +32,7 @@ from agent.events import Event, validate
 from agent.store import Store
 from agent.worker import Worker
 from tests.emulator_fixture import FakeDodoFactory
+from tests.waiting import PATIENCE, wait_until
 
 KEY = "test_key"
 FAST = {
@@ -108,13 +109,14 @@ def fake(fake_dodo_factory: FakeDodoFactory) -> EmulatorServer:
 def test_delivers_in_batches_and_records_each_request(store: Store, fake: EmulatorServer) -> None:
     ids = put(store, [event(i) for i in range(2500)])
     worker = make_worker(store, make_settings(fake.url, batch_max_events=1000, max_in_flight=2))
+    created = worker.last_tick
     report = worker.drain_until_idle()
     assert (report.sent, report.delivered, report.dead, report.retried) == (3, 2500, 0, 0)
     assert report.paused is None and report.next_due is None
     assert set(fake.events) == set(ids)
     assert {r["state"] for r in rows(store).values()} == {"delivered"}
     assert sorted(r[2] for r in requests_logged(store)) == [500, 1000, 1000]
-    assert worker.last_tick > 0
+    assert worker.last_tick > created  # the watchdog's heartbeat moved with the drain
     worker.close()
 
 
@@ -559,14 +561,14 @@ def test_expired_leases_are_released_and_sent_again(store: Store, fake: Emulator
 
 def test_a_settle_after_a_lost_lease_is_logged_not_raised(store: Store, fake: EmulatorServer) -> None:
     put(store, [event(i) for i in range(3)])
-    fake.set_faults(latency_ms=400)
+    fake.set_faults(latency_ms=1500)  # slow's request is in flight long enough to be overtaken
     slow = make_worker(store, make_settings(fake.url, lease_seconds=1))
     other = make_worker(store, make_settings(fake.url))
     results: list[Any] = []
     with capture_logs() as logs:
         thread = threading.Thread(target=lambda: results.append(slow.drain_once()))
         thread.start()
-        time.sleep(0.15)
+        wait_until(lambda: store.counts()["inflight"] == 3, what="slow to claim the rows and send them")
         taken = other.drain_once(now=time.time() + 5)  # slow's lease has run out by this clock
         thread.join()
     assert taken.delivered == 3 and results[0].delivered == 0
@@ -604,7 +606,7 @@ def test_rows_of_a_killed_worker_process_are_delivered_after_the_lease(
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + PATIENCE
         while fake.stats()["requests_by_status"].get("timeout", 0) < 1:
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the worker process never sent"

@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from agent import config as config_module
+from agent import metrics
 from agent.config import DeliverySettings, DodoSettings, Settings
 from agent.delivery import DodoClient
 from agent.emulator import EmulatorServer
@@ -149,6 +150,17 @@ def recover_and_deliver(
     assert agent.store.counts()["dead"] == 0
 
 
+def dropdir_refusals() -> float:
+    """How often the drop directory deferred a file because the outbox was full (a process counter)."""
+    return sum(
+        sample.value
+        for family in metrics.REGISTRY.collect()
+        if family.name == "dodo_outbox_capacity_refusals"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels.get("source") == "dropdir"
+    )
+
+
 def test_disk_full_refuses_with_429_loses_nothing_and_recovers_by_itself(
     tmp_path: Path, fake_dodo_factory: FakeDodoFactory
 ) -> None:
@@ -166,9 +178,11 @@ def test_disk_full_refuses_with_429_loses_nothing_and_recovers_by_itself(
         statuses = fill_until_refused(agent, "full", acked)
         assert set(statuses) == {429}
         spool = tmp_path / "spool"
+        deferred = dropdir_refusals()
         drop(spool, "while-full.ndjson", events("dropped", 30))
-        time.sleep(1.0)  # a few scans: the file is deferred, not rejected
-        assert (spool / "new" / "while-full.ndjson").exists()
+        wait_until(lambda: dropdir_refusals() > deferred, 60, "the drop directory to meet the full disk")
+        assert (spool / "new" / "while-full.ndjson").exists()  # deferred, not rejected
+        assert not any((spool / "rejected").iterdir())
         with agent.store.read() as conn:  # room again
             conn.execute("PRAGMA max_page_count = 1073741823")
         acked.update(f"dropped-{i:06d}" for i in range(30))
