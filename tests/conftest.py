@@ -1,4 +1,10 @@
-"""Shared fixtures: real SQLite files in tmp_path, a real Dodo emulator on 127.0.0.1."""
+"""Shared fixtures: real SQLite files in tmp_path, a real Dodo emulator on 127.0.0.1.
+
+- `store`: a Store at tmp_path/outbox.db; `outbox`: an Outbox at tmp_path/o.db (closed afterwards);
+- `fake`: an emulator without rate limits accepting the test module's `KEY` (default tests.builders.KEY);
+- `worker`: a Worker on `store` delivering to `fake` with tests.builders.make_settings (closed afterwards).
+The builders behind them (events, settings, workers) are in tests/builders.py.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,21 @@ import importlib.util
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import structlog
 from hypothesis import settings
+
+from agent.emulator import EmulatorServer
+from agent.outbox import Outbox
+from agent.store import Store
+from agent.worker import Worker
+from tests import builders
+
+if TYPE_CHECKING:  # imported as a plugin below; importing it here first would skip its assert rewriting
+    from tests.emulator_fixture import FakeDodoFactory
 
 pytest_plugins = ["tests.emulator_fixture"] if importlib.util.find_spec("tests.emulator_fixture") else []
 
@@ -38,3 +55,27 @@ def _logging_as_it_was() -> Iterator[None]:
         if handler not in handlers:
             root.removeHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "outbox.db") as s:
+        yield s
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    with Outbox(tmp_path / "o.db") as box:
+        yield box
+
+
+@pytest.fixture
+def fake(request: pytest.FixtureRequest, fake_dodo_factory: FakeDodoFactory) -> EmulatorServer:
+    return fake_dodo_factory(keys={getattr(request.module, "KEY", builders.KEY)}, rate_limit=False)
+
+
+@pytest.fixture
+def worker(store: Store, fake: EmulatorServer) -> Iterator[Worker]:
+    made = builders.make_worker(store, builders.make_settings(fake.url))
+    yield made
+    made.close()

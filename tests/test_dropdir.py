@@ -21,13 +21,10 @@ import watchfiles.main
 from agent.config import DropdirSettings
 from agent.intake.dropdir import DropDir
 from agent.outbox import Outbox
+from tests.builders import raw_event as event
 from tests.waiting import PATIENCE, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def event(event_id: str, **extra: Any) -> dict[str, Any]:
-    return {"event_id": event_id, "customer_id": "cus_1", "event_name": "api.call", **extra}
 
 
 def ndjson(*events: dict[str, Any]) -> bytes:

@@ -19,7 +19,7 @@ from agent.config import DeliverySettings, Settings
 from agent.emulator import EmulatorServer
 from agent.outbox import Outbox
 from agent.scheduler import AgentScheduler
-from tests.test_worker import make_settings, make_worker
+from tests.builders import make_settings, make_worker
 from tests.waiting import PATIENCE
 
 LONG = 3600.0

@@ -465,17 +465,6 @@ def drain_until(worker: Worker, done: Callable[[], bool], timeout: float = 20.0)
         time.sleep(0.05)
 
 
-@pytest.fixture
-def fake(fake_dodo_factory: FakeDodoFactory) -> EmulatorServer:
-    return fake_dodo_factory(keys={KEY}, rate_limit=False)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "outbox.db") as s:
-        yield s
-
-
 def test_clock_jumping_back_after_failures_does_not_stall_retries(store: Store, fake: EmulatorServer) -> None:
     ids = put(store, "back", 20)
     clock = Clock()
