@@ -367,9 +367,10 @@ def serve_asgi(app: Any) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert server.started, "the ASGI server did not start in 60 s"
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:

@@ -140,9 +140,9 @@ def recover_and_deliver(
     if dodo_back_first:
         fake.clear_faults()
     batch = events("after", 5)
-    wait_until(lambda: post(agent, batch).status_code == 200, 30, "intake to accept events again")
+    wait_until(lambda: post(agent, batch).status_code == 200, 60, "intake to accept events again")
     acked.update(e["event_id"] for e in batch)
-    wait_until(lambda: not any((spool / "new").iterdir()), 30, "the deferred drop file to be ingested")
+    wait_until(lambda: not any((spool / "new").iterdir()), 60, "the deferred drop file to be ingested")
     assert not any((spool / "rejected").iterdir())
     fake.clear_faults()
     wait_until(lambda: acked <= set(fake.events), 60, "every acknowledged event to reach Dodo")
@@ -295,7 +295,7 @@ def test_a_damaged_outbox_is_moved_aside_the_agent_starts_fresh_and_doctor_salva
         # The fresh outbox takes and delivers events.
         new = events("new", 10)
         assert httpx.post(f"{agent.url}/events/ingest", json={"events": new}, timeout=10).status_code == 200
-        wait_until(lambda: {e["event_id"] for e in new} <= set(fake.events), 30, "new events delivered")
+        wait_until(lambda: {e["event_id"] for e in new} <= set(fake.events), 60, "new events delivered")
         # doctor names the damage ...
         checked = cli(config, "doctor", "--outbox", str(moved))
         assert checked.returncode == 1 and "DAMAGED" in checked.stdout
@@ -309,7 +309,7 @@ def test_a_damaged_outbox_is_moved_aside_the_agent_starts_fresh_and_doctor_salva
             assert copied > 500, report
             recovered = set(rows(outbox)) & old
             assert len(recovered) == copied
-            wait_until(lambda: recovered <= set(fake.events), 30, "salvaged events delivered")
+            wait_until(lambda: recovered <= set(fake.events), 60, "salvaged events delivered")
         else:
             assert report["schema_error"] and sum(report["copied"].values()) == 0
         # No crash loop: a restart finds a healthy file and moves nothing.
@@ -485,7 +485,7 @@ def test_clock_jumping_back_does_not_hold_a_dead_workers_leases(store: Store, fa
     clock.offset = -3600.0
     worker = make_worker(store, fake.url, clock, lease_seconds=2)
     # By the clock as it now reads, that lease ends in an hour; a restart must not wait for it.
-    drain_until(worker, lambda: ids <= set(fake.events), timeout=30)
+    drain_until(worker, lambda: ids <= set(fake.events), timeout=60)
     worker.close()
 
 
@@ -497,7 +497,7 @@ def test_clock_jumping_forward_loses_nothing(store: Store, fake: EmulatorServer)
     results: list[Any] = []
     thread = threading.Thread(target=lambda: results.append(slow.drain_once()))
     thread.start()
-    wait_until(lambda: store.counts()["inflight"] > 0, 10, "a batch in flight")
+    wait_until(lambda: store.counts()["inflight"] > 0, 60, "a batch in flight")
     clock.offset = 7200.0  # ... when the clock leaps two hours: its lease looks expired, events look late
     other = make_worker(store, fake.url, clock)
     fake.clear_faults()
