@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from agent.emulator import EmulatorServer
 from agent.outbox import Outbox
 from agent.store import Store
 from agent.worker import Worker
-from tests import builders
+from tests import builders, ops_helpers
 
 if TYPE_CHECKING:  # imported as a plugin below; importing it here first would skip its assert rewriting
     from tests.emulator_fixture import FakeDodoFactory
@@ -79,3 +80,17 @@ def worker(store: Store, fake: EmulatorServer) -> Iterator[Worker]:
     made = builders.make_worker(store, builders.make_settings(fake.url))
     yield made
     made.close()
+
+
+@pytest.fixture(autouse=True)
+def _ops_now(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tests.ops_helpers.NOW` is the wall clock at the start of each test, not at import.
+
+    The operations tests build rows around NOW and then run commands that read the real clock
+    (`status --window 5m`, `dlq replay --restamp`): with NOW fixed at import, they failed once the
+    suite had been running longer than their margin (an 8-minute run on a busy machine).
+    """
+    now = time.time()
+    if getattr(request.module, "NOW", None) is ops_helpers.NOW:  # the module imported it by name
+        monkeypatch.setattr(request.module, "NOW", now)
+    monkeypatch.setattr(ops_helpers, "NOW", now)

@@ -214,6 +214,13 @@ def test_sighup_rereads_a_fixed_key_and_delivery_resumes(
     (tmp_path / "api_key").write_text("sk_rotated")
     run.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "k-1" in dodo.events, what="delivery after the key was fixed")
+
+    def settled() -> bool:  # Dodo stores the batch before the agent has read the answer and settled it
+        with Store(run.db) as store:
+            record = store.get("k-1")
+            return record is not None and record.state != "inflight"
+
+    wait_for(settled, what="the delivery to be settled")
     with Store(run.db) as store:
         record = store.get("k-1")
         assert record is not None and record.state == "delivered" and record.attempts == 1

@@ -104,8 +104,10 @@ def test_an_outage_longer_than_the_window_with_restamp_delivers_everything(
     tmp_path: Path, fake_dodo_factory: FakeDodoFactory, agent_factory: Any
 ) -> None:
     fake = window_fake(fake_dodo_factory)
-    fake.set_faults(outage_seconds=OUTAGE)
     agent, config = agent_factory(fake.url, delivery=window_settings("restamp"))
+    # The outage starts once the agent is up: the events sent next are then older than the window
+    # when it ends, however long a busy machine took to start the agent.
+    fake.set_faults(outage_seconds=OUTAGE)
     acked = send(agent, batch("early", 30, stamped=False)) | send(
         agent, batch("early-stamped", 10, stamped=True)
     )
@@ -126,8 +128,10 @@ def test_an_outage_longer_than_the_window_with_dead_letter_parks_then_replay_del
     tmp_path: Path, fake_dodo_factory: FakeDodoFactory, agent_factory: Any
 ) -> None:
     fake = window_fake(fake_dodo_factory)
-    fake.set_faults(outage_seconds=OUTAGE)
     agent, config = agent_factory(fake.url, delivery=window_settings("dead_letter"))
+    # The outage starts once the agent is up: the events sent next are then older than the window
+    # when it ends, however long a busy machine took to start the agent.
+    fake.set_faults(outage_seconds=OUTAGE)
     acked = send(agent, batch("late", 40, stamped=False)) | send(
         agent, batch("late-stamped", 10, stamped=True)
     )
