@@ -14,6 +14,9 @@ from agent.store import Store
 
 US = 1_000_000
 NOW = time.time()
+"""The tests' "now". tests/conftest.py resets it (here and in the module that imported it) to the
+wall clock before each test: the commands under test read the real clock, and a suite on a busy
+machine runs minutes after this module was imported."""
 OWNER = "ops-test"
 
 
@@ -31,8 +34,9 @@ def evs(ids: list[str], ts: float, **metadata: Any) -> list[Event]:
 
 
 def add_pending(
-    store: Store, ids: list[str], *, now: float = NOW, ts: float | None = None, **meta: Any
+    store: Store, ids: list[str], *, now: float | None = None, ts: float | None = None, **meta: Any
 ) -> None:
+    now = NOW if now is None else now
     store.insert_groups([(evs(ids, now if ts is None else ts, **meta), "cli")], us(now))
 
 
@@ -46,20 +50,22 @@ def add_dead(
     store: Store,
     ids: list[str],
     *,
-    now: float = NOW,
+    now: float | None = None,
     ts: float | None = None,
     reason: str = "rejected",
     status: int | None = 400,
     response: str = '{"code":"BAD_REQUEST","message":"metadata.note too long"}',
     **meta: Any,
 ) -> None:
+    now = NOW if now is None else now
     add_pending(store, ids, now=now, ts=ts, **meta)
     assert store.mark_dead(_claim(store, ids, now), OWNER, us(now), reason, status, response) == len(ids)
 
 
 def add_delivered(
-    store: Store, ids: list[str], *, now: float = NOW, ts: float | None = None, **meta: Any
+    store: Store, ids: list[str], *, now: float | None = None, ts: float | None = None, **meta: Any
 ) -> None:
+    now = NOW if now is None else now
     add_pending(store, ids, now=now, ts=ts, **meta)
     assert store.mark_delivered(_claim(store, ids, now), OWNER, us(now)) == len(ids)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from pathlib import Path
 
 import click
+import pytest
 
 from agent import config
 from agent.cli import cli
@@ -38,12 +40,54 @@ def test_every_command_has_help_with_an_example() -> None:
         assert command.help and "Example" in command.help, f"{name}: help needs an example"
 
 
-def test_every_config_key_is_in_the_readme() -> None:
+def _config_table() -> dict[str, list[str]]:
+    """The README's configuration table (`| section | keys |` under `## Configuration`): section → keys.
+
+    A key is a backticked word of the keys cell outside parentheses (those hold values or examples:
+    `synchronous` (`full` / `normal`) lists the key `synchronous` only).
+    """
+    section = README.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    lines = section.split("\n| section | keys |\n", 1)[1].splitlines()
+    table: dict[str, list[str]] = {}
+    for line in lines[1:]:  # after the |---|---| line
+        if not line.startswith("|"):
+            break
+        name_cell, keys_cell = (cell.strip() for cell in line.strip().strip("|").split("|", 1))
+        name = name_cell.strip("`").strip("[]")
+        assert name not in table, f"README configuration table: [{name}] has two rows"
+        while re.search(r"\([^()]*\)", keys_cell):  # nested parentheses, innermost first
+            keys_cell = re.sub(r"\([^()]*\)", "", keys_cell)
+        table[name] = re.findall(r"`([^`]+)`", keys_cell)
+    return table
+
+
+def test_every_config_key_is_in_the_readme_configuration_table() -> None:
+    table = _config_table()
     defaults = config.Settings()
-    for name, attr in config.SECTIONS.items():
-        assert f"[{name}]" in README, f"section [{name}] missing from README"
-        for field in dataclasses.fields(getattr(defaults, attr)):
-            assert re.search(rf"\b{field.name}\b", README), f"[{name}] {field.name} missing from README"
+    expected = {
+        name: [field.name for field in dataclasses.fields(getattr(defaults, attr))]
+        for name, attr in config.SECTIONS.items()
+    }
+    expected["meters"] = [field.name for field in dataclasses.fields(config.MeterSpec)]  # [[meters]]
+    for name, keys in expected.items():
+        assert name in table, f"README configuration table: add a row for [{name}]"
+        missing = [key for key in keys if key not in table[name]]
+        assert missing == [], f"README configuration table, [{name}]: add {missing}"
+        unknown = [key for key in table[name] if key not in keys]
+        assert unknown == [], f"README configuration table, [{name}]: {unknown} are not keys of the section"
+    unknown_sections = set(table) - set(expected)
+    assert not unknown_sections, f"README configuration table: {unknown_sections} are not sections"
+
+
+def test_the_configuration_table_check_notices_a_missing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The check reads the table only: a key mentioned elsewhere in the README does not count.
+    table = README.split("\n| section | keys |\n", 1)[1].split("\n\n", 1)[0]
+    row = next(line for line in table.splitlines() if line.startswith("| `[intake.http]`"))
+    without_token = row.replace(", `token`", "")
+    assert without_token != row and re.search(r"\btoken\b", README.replace(row, without_token))
+    monkeypatch.setattr(sys.modules[__name__], "README", README.replace(row, without_token))
+    with pytest.raises(AssertionError, match=r"\[intake.http\]: add \['token'\]"):
+        test_every_config_key_is_in_the_readme_configuration_table()
 
 
 def test_readme_has_exactly_two_fresh_machine_commands() -> None:

@@ -16,16 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import watchfiles.main
 
 from agent.config import DropdirSettings
 from agent.intake.dropdir import DropDir
 from agent.outbox import Outbox
+from tests.builders import raw_event as event
+from tests.waiting import PATIENCE, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def event(event_id: str, **extra: Any) -> dict[str, Any]:
-    return {"event_id": event_id, "customer_id": "cus_1", "event_name": "api.call", **extra}
 
 
 def ndjson(*events: dict[str, Any]) -> bytes:
@@ -278,7 +277,7 @@ def test_kill_9_mid_file_then_rescan_stores_each_event_once(tmp_path: Path) -> N
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + PATIENCE
     committed = 0
     try:
         while committed < 5000:
@@ -312,22 +311,29 @@ def test_kill_9_mid_file_then_rescan_stores_each_event_once(tmp_path: Path) -> N
     assert count == distinct == total
 
 
-def test_watcher_picks_a_file_up(make_spool: Callable[..., tuple[DropDir, Outbox]]) -> None:
-    spool, outbox = make_spool(scan_interval_seconds=30)  # inotify, not the periodic scan, must find it
+def test_watcher_picks_a_file_up(
+    make_spool: Callable[..., tuple[DropDir, Outbox]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # inotify, not the periodic scan, must find it: the scan interval is longer than any deadline here.
+    spool, outbox = make_spool(scan_interval_seconds=3600)
+    watching = threading.Event()
+    notify = watchfiles.main.RustNotify
+
+    def noting_when_watching(*args: Any, **kwargs: Any) -> Any:
+        watcher = notify(*args, **kwargs)  # the inotify watch on new/ is in place once this returns
+        watching.set()
+        return watcher
+
+    monkeypatch.setattr(watchfiles.main, "RustNotify", noting_when_watching)
     drop(spool, "early.json", json.dumps(event("early")).encode())
     stop = threading.Event()
     watcher = threading.Thread(target=spool.watch, args=(stop,), daemon=True)
     watcher.start()
     try:
-        deadline = time.monotonic() + 10
-        while not (spool.done / "early.json").exists():  # the scan at start
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        time.sleep(0.2)  # let the watcher settle on new/
+        wait_until(lambda: (spool.done / "early.json").exists(), what="the scan at start")
+        assert watching.wait(PATIENCE), "the watcher never started watching new/"
         drop(spool, "late.ndjson", ndjson(event("late")))
-        while not (spool.done / "late.ndjson").exists():
-            assert time.monotonic() < deadline, "the watcher did not pick the file up"
-            time.sleep(0.02)
+        wait_until(lambda: (spool.done / "late.ndjson").exists(), what="the watcher to pick the file up")
     finally:
         stop.set()
         watcher.join(10)

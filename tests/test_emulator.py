@@ -13,13 +13,10 @@ import httpx
 import pytest
 
 from agent.emulator import EmulatorConfig, EmulatorServer
+from tests.builders import raw_event as event
 
 KEY = "test_key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def event(event_id: str = "e1", **fields: Any) -> dict[str, Any]:
-    return {"event_id": event_id, "customer_id": "cus_1", "event_name": "api.call", **fields}
 
 
 def iso(moment: datetime) -> str:

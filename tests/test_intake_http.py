@@ -24,6 +24,7 @@ from agent.errors import ConfigError
 from agent.intake.http import create_app
 from agent.intake.server import HttpServer, parse_listen
 from agent.outbox import Outbox
+from tests.builders import raw_event as event
 
 TOKEN = "agent-token-1234"
 
@@ -43,10 +44,6 @@ class Agent:
         with sqlite3.connect(self.outbox.path) as conn:
             rows = conn.execute("SELECT event_id, payload, source FROM dodo_outbox_events").fetchall()
         return {row[0]: (row[1], row[2]) for row in rows}
-
-
-def event(event_id: str, **extra: Any) -> dict[str, Any]:
-    return {"event_id": event_id, "customer_id": "cus_1", "event_name": "api.call", **extra}
 
 
 @pytest.fixture

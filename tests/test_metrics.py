@@ -29,6 +29,7 @@ from agent.store import Store
 from agent.worker import Worker
 from tests.emulator_fixture import FakeDodoFactory
 from tests.ops_helpers import NOW, add_dead, add_delivered, add_pending, us
+from tests.waiting import wait_until
 
 KEY = "test_key"
 
@@ -131,8 +132,13 @@ def test_outbox_gauges_match_the_outbox(store: Store) -> None:
     assert value(got, "dodo_outbox_database_size_bytes") > 0
 
     status.write_pause(store, None, NOW)
-    time.sleep(metrics.CACHE_SECONDS)  # gauges are cached for a second between scrapes
-    assert value(scrape(), "dodo_outbox_delivery_paused", reason="") == 0
+
+    def resumed() -> bool:  # gauges are cached for CACHE_SECONDS between scrapes
+        got = scrape().items()
+        paused = {labels: v for (name, labels), v in got if name == "dodo_outbox_delivery_paused"}
+        return paused == {(("reason", ""),): 0}
+
+    wait_until(resumed, what="the pause gauge to read 0 once the pause is cleared")
 
 
 def test_no_traffic_is_nan_and_an_unreadable_outbox_does_not_break_the_scrape(tmp_path: Path) -> None:
@@ -142,9 +148,8 @@ def test_no_traffic_is_nan_and_an_unreadable_outbox_does_not_break_the_scrape(tm
     assert math.isnan(value(got, "dodo_outbox_delivery_success_ratio", window="5m"))
     assert value(got, "dodo_outbox_oldest_pending_age_seconds") == 0
     store.close()
-    time.sleep(metrics.CACHE_SECONDS)
+    wait_until(lambda: value(scrape(), "dodo_outbox_outbox_up") == 0, what="outbox_up 0 (the cache expiring)")
     got = scrape()
-    assert value(got, "dodo_outbox_outbox_up") == 0
     assert ("dodo_outbox_events", (("state", "pending"),)) not in got
     assert (
         value(
@@ -201,7 +206,8 @@ def test_scripted_emulator_outcomes_show_in_metrics(store: Store, fake_dodo_fact
     report = worker.drain_until_idle()
     worker.close()
     assert store.counts() == {"pending": 0, "inflight": 0, "delivered": 9, "dead": 1}, report
-    time.sleep(metrics.CACHE_SECONDS)
+    # The gauges are cached for CACHE_SECONDS: wait until they show the drained outbox.
+    wait_until(lambda: value(scrape(), "dodo_outbox_events", state="dead") == 1, what="the gauges to refresh")
     after = scrape()
 
     # The ready-made gauges, read from the outbox: 9 of 10 events delivered; of the requests, the

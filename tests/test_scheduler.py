@@ -19,12 +19,14 @@ from agent.config import DeliverySettings, Settings
 from agent.emulator import EmulatorServer
 from agent.outbox import Outbox
 from agent.scheduler import AgentScheduler
-from tests.test_worker import make_settings, make_worker
+from tests.builders import make_settings, make_worker
+from tests.waiting import PATIENCE
 
-LONG = 30.0
+LONG = 3600.0
+"""An interval no test waits out: a drain within a test's deadline came from a wake or a retry."""
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+def wait_for(condition: Callable[[], bool], timeout: float = PATIENCE) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -114,10 +116,9 @@ def test_wake_runs_an_idle_drain_at_once(make_scheduler: Callable[..., AgentSche
     worker = StubWorker()
     scheduler = make_scheduler(worker)
     scheduler.start()
-    assert wait_for(lambda: worker.calls == 1)  # the start-up drain
-    time.sleep(0.05)
+    assert wait_for(lambda: worker.calls == 1 and worker.active == 0)  # the start-up drain is over
     scheduler.wake()
-    assert wait_for(lambda: worker.calls == 2, timeout=5)  # not after the 30 s interval
+    assert wait_for(lambda: worker.calls == 2)  # not after the hour's interval
 
 
 def test_a_wake_during_a_drain_is_not_lost(make_scheduler: Callable[..., AgentScheduler]) -> None:
@@ -128,7 +129,7 @@ def test_a_wake_during_a_drain_is_not_lost(make_scheduler: Callable[..., AgentSc
     assert wait_for(lambda: worker.active == 1)  # the start-up drain is running (held by the gate)
     scheduler.wake()
     worker.gate.set()
-    assert wait_for(lambda: worker.calls == 2, timeout=5)  # it went round once more
+    assert wait_for(lambda: worker.calls == 2)  # it went round once more
 
 
 def test_a_retry_due_before_the_next_tick_brings_the_drain_forward(
@@ -137,7 +138,7 @@ def test_a_retry_due_before_the_next_tick_brings_the_drain_forward(
     worker = StubWorker(next_due=[time.time() + 0.2])
     scheduler = make_scheduler(worker)
     scheduler.start()
-    assert wait_for(lambda: worker.calls == 2, timeout=5)
+    assert wait_for(lambda: worker.calls == 2)  # not after the hour's interval
 
 
 def test_extra_interval_jobs_run_and_survive_their_errors(
@@ -170,26 +171,36 @@ def test_shutdown_waits_for_the_running_drain(make_scheduler: Callable[..., Agen
     assert scheduler.shutdown(1) is True
     calls = worker.calls
     scheduler.wake()  # ignored after shutdown
-    time.sleep(0.05)
+    time.sleep(0.05)  # a negative check: on a slow machine it can only pass vacuously, never fail
     assert worker.calls == calls
 
 
 def test_an_enqueued_event_reaches_dodo_within_one_round_trip(
     make_scheduler: Callable[..., AgentScheduler], fake_dodo: EmulatorServer, tmp_path: Path
 ) -> None:
-    fake_dodo.set_faults(latency_ms=100)
+    fake_dodo.set_faults(latency_ms=1000)  # a wide window to enqueue the second while the first is sent
     with Outbox(tmp_path / "outbox.db") as outbox:
         worker = make_worker(outbox.store, make_settings(fake_dodo.url, interval_seconds=LONG))
+        drained: list[object] = []
+        drain_until_idle = worker.drain_until_idle
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            report = drain_until_idle(*args, **kwargs)
+            drained.append(report)
+            return report
+
+        worker.drain_until_idle = counted  # type: ignore[method-assign]
         scheduler = AgentScheduler(worker, worker.settings)
         outbox.add_listener(lambda result: scheduler.wake())
         scheduler.start()
         try:
-            time.sleep(0.1)  # the start-up drain found nothing
+            assert wait_for(lambda: len(drained) == 1)  # the start-up drain found nothing
             outbox.enqueue({"event_id": "first", "customer_id": "cus_1", "event_name": "api.call"})
-            time.sleep(0.03)  # its drain is now in flight (100 ms at the emulator) ...
+            # Its drain is now in flight (1 s at the emulator) ...
+            assert wait_for(lambda: outbox.store.counts()["inflight"] == 1 or "first" in fake_dodo.events)
             outbox.enqueue({"event_id": "second", "customer_id": "cus_1", "event_name": "api.call"})
-            # ... and the second is picked up by that same drain's next round, not by the 30 s tick.
-            assert wait_for(lambda: {"first", "second"} <= set(fake_dodo.events), timeout=5)
+            # ... and the second is picked up by that same drain's next round, not by the hourly tick.
+            assert wait_for(lambda: {"first", "second"} <= set(fake_dodo.events))
         finally:
             assert scheduler.shutdown(5)
             worker.close()

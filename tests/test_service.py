@@ -18,6 +18,7 @@ import pytest
 from agent import Outbox
 from agent.emulator import EmulatorServer
 from agent.store import Store
+from tests.waiting import PATIENCE
 
 KEY = "sk_test_e2e_secret_value"
 TOKEN = "intake-token-e2e-value"
@@ -43,6 +44,21 @@ class Running:
         self, proc: subprocess.Popen[str], url: str, db: Path, log: Path, notify: socket.socket
     ) -> None:
         self.proc, self.url, self.db, self.log, self.notify = proc, url, db, log, notify
+
+    def wait_notification(self, wanted: str, timeout: float = PATIENCE) -> list[str]:
+        """Read sd_notify messages until `wanted` is among them; fail after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        got: list[str] = []
+        while wanted not in got:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {wanted} notification in {timeout:g} s; got {got}")
+            self.notify.settimeout(left)
+            try:
+                got.extend(self.notify.recv(4096).decode().splitlines())
+            except TimeoutError:
+                continue
+        return got
 
     def notifications(self, timeout: float = 0.5) -> list[str]:
         self.notify.settimeout(timeout)
@@ -118,7 +134,7 @@ def test_events_from_every_intake_arrive_and_sigterm_is_clean(
     agent: tuple[Running, EmulatorServer], tmp_path: Path
 ) -> None:
     run, dodo = agent
-    assert "READY=1" in run.notifications(timeout=5)
+    assert "READY=1" in run.wait_notification("READY=1")
 
     # 1. The official SDK, pointed at the agent by base_url only (its key is the agent's token).
     from dodopayments import DodoPayments
@@ -161,7 +177,7 @@ def test_events_from_every_intake_arrive_and_sigterm_is_clean(
         with Store(run.db) as store:
             return store.counts()["inflight"] > 0
 
-    wait_for(in_flight, timeout=10, what="a batch in flight")
+    wait_for(in_flight, timeout=PATIENCE, what="a batch in flight")
     run.proc.send_signal(signal.SIGTERM)
     assert run.proc.wait(30) == 0, run.log.read_text()
     notes = run.notifications(timeout=1)
@@ -198,6 +214,13 @@ def test_sighup_rereads_a_fixed_key_and_delivery_resumes(
     (tmp_path / "api_key").write_text("sk_rotated")
     run.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "k-1" in dodo.events, what="delivery after the key was fixed")
+
+    def settled() -> bool:  # Dodo stores the batch before the agent has read the answer and settled it
+        with Store(run.db) as store:
+            record = store.get("k-1")
+            return record is not None and record.state != "inflight"
+
+    wait_for(settled, what="the delivery to be settled")
     with Store(run.db) as store:
         record = store.get("k-1")
         assert record is not None and record.state == "delivered" and record.attempts == 1

@@ -26,12 +26,6 @@ def events(*ids: str, now: float = NOW, **meta: object) -> list[Event]:
     )
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    with Store(tmp_path / "outbox.db") as s:
-        yield s  # type: ignore[misc]
-
-
 def raw(store: Store) -> sqlite3.Connection:
     return sqlite3.connect(store.path)
 

@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -107,12 +106,6 @@ def as_object(value: Any) -> Any:
 def rows(outbox: Outbox) -> list[dict[str, Any]]:
     with sqlite3.connect(outbox.path) as conn:
         return [json.loads(p) for (p,) in conn.execute("SELECT payload FROM dodo_outbox_events ORDER BY id")]
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    with Outbox(tmp_path / "o.db") as box:
-        yield box
 
 
 # -- LLM ------------------------------------------------------------------------------------------
@@ -374,9 +367,10 @@ def serve_asgi(app: Any) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert server.started, "the ASGI server did not start in 60 s"
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:

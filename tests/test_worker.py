@@ -14,8 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,40 +24,17 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent import status
-from agent.config import DeliverySettings, DodoSettings, Settings
+from agent.config import DodoSettings
 from agent.delivery import DodoClient
 from agent.emulator import EmulatorServer
-from agent.events import Event, validate
+from agent.events import Event
 from agent.store import Store
 from agent.worker import Worker
+from tests.builders import FAST as FAST  # importable from here, as before
+from tests.builders import KEY, make_settings, make_worker
+from tests.builders import stored_event as event
 from tests.emulator_fixture import FakeDodoFactory
-
-KEY = "test_key"
-FAST = {
-    "backoff_initial_seconds": 0.01,
-    "backoff_max_seconds": 0.05,
-    "requests_per_minute": 0.0,
-    "auth_retry_seconds": 30.0,
-    "timeout_seconds": 5.0,
-}
-
-
-def make_settings(url: str, **delivery: Any) -> Settings:
-    return Settings(dodo=DodoSettings(base_url=url), delivery=DeliverySettings(**{**FAST, **delivery}))
-
-
-def make_worker(store: Store, settings: Settings, environ: dict[str, str] | None = None, **kw: Any) -> Worker:
-    env = {"DODO_PAYMENTS_API_KEY": KEY} if environ is None else environ
-    return Worker(store, settings, DodoClient.from_settings(settings), environ=env, **kw)
-
-
-def event(i: int, ts: float | None = None, prefix: str = "e", **metadata: Any) -> Event:
-    now = time.time()
-    raw: dict[str, Any] = {"event_id": f"{prefix}{i:05d}", "customer_id": "cus_1", "event_name": "api.call"}
-    raw["timestamp"] = datetime.fromtimestamp(now if ts is None else ts, UTC)
-    if metadata:
-        raw["metadata"] = metadata
-    return validate(raw, now)
+from tests.waiting import PATIENCE, wait_until
 
 
 def poisoned(e: Event, **bad: Any) -> Event:
@@ -91,30 +67,20 @@ def requests_logged(store: Store) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "outbox.db") as s:
-        yield s
-
-
-@pytest.fixture
-def fake(fake_dodo_factory: FakeDodoFactory) -> EmulatorServer:
-    return fake_dodo_factory(keys={KEY}, rate_limit=False)
-
-
 # -- 2xx ------------------------------------------------------------------------------------------
 
 
 def test_delivers_in_batches_and_records_each_request(store: Store, fake: EmulatorServer) -> None:
     ids = put(store, [event(i) for i in range(2500)])
     worker = make_worker(store, make_settings(fake.url, batch_max_events=1000, max_in_flight=2))
+    created = worker.last_tick
     report = worker.drain_until_idle()
     assert (report.sent, report.delivered, report.dead, report.retried) == (3, 2500, 0, 0)
     assert report.paused is None and report.next_due is None
     assert set(fake.events) == set(ids)
     assert {r["state"] for r in rows(store).values()} == {"delivered"}
     assert sorted(r[2] for r in requests_logged(store)) == [500, 1000, 1000]
-    assert worker.last_tick > 0
+    assert worker.last_tick > created  # the watchdog's heartbeat moved with the drain
     worker.close()
 
 
@@ -137,16 +103,16 @@ def test_batch_max_bytes_bounds_the_body(store: Store, fake: EmulatorServer) -> 
     worker.close()
 
 
-def test_ingested_count_below_batch_size_counts_duplicates(store: Store, fake: EmulatorServer) -> None:
+def test_ingested_count_below_batch_size_counts_duplicates(
+    store: Store, fake: EmulatorServer, worker: Worker
+) -> None:
     events = [event(i) for i in range(10)]
     put(store, events)
     body = b'{"events":[' + ",".join(e.payload for e in events[:4]).encode() + b"]}"
     httpx.post(f"{fake.url}/events/ingest", content=body, headers={"Authorization": f"Bearer {KEY}"})
-    worker = make_worker(store, make_settings(fake.url))
     report = worker.drain_until_idle()
     assert (report.delivered, report.duplicates_ignored) == (10, 4)
     assert requests_logged(store)[-1] == (200, "delivered", 10, 10, 0, 4)
-    worker.close()
 
 
 # -- retryable ------------------------------------------------------------------------------------
@@ -268,12 +234,11 @@ def test_bisection_isolates_poison_events_in_about_k_log2_n_requests(
 
 
 def test_a_refusal_naming_the_offender_isolates_it_in_two_requests(
-    store: Store, fake: EmulatorServer
+    store: Store, fake: EmulatorServer, worker: Worker
 ) -> None:
     n, poison_at = 1000, {17, 230, 499, 500, 871}
     events = [poisoned(e) if i in poison_at else e for i, e in enumerate(event(i) for i in range(n))]
     put(store, events)
-    worker = make_worker(store, make_settings(fake.url))
     report = worker.drain_until_idle()
     k = len(poison_at)
     # The emulator says "events[17].metadata.note: ...": each offender alone, then the rest whole.
@@ -281,7 +246,6 @@ def test_a_refusal_naming_the_offender_isolates_it_in_two_requests(
     assert {r["event_id"] for r in rows(store).values() if r["state"] == "dead"} == {
         events[i].event_id for i in poison_at
     }
-    worker.close()
 
 
 def test_a_wrong_position_in_the_refusal_falls_back_to_bisection(store: Store) -> None:
@@ -306,13 +270,12 @@ def test_a_wrong_position_in_the_refusal_falls_back_to_bisection(store: Store) -
 
 
 def test_a_transient_failure_inside_a_bisection_retries_only_that_part(
-    store: Store, fake: EmulatorServer
+    store: Store, fake: EmulatorServer, worker: Worker
 ) -> None:
     events = [event(i) for i in range(8)]
     events[6] = poisoned(events[6])
     put(store, events)
     fake.set_faults(script=[200, 503])  # the batch: 400; its left half: 503; the rest as they are
-    worker = make_worker(store, make_settings(fake.url))
     worker.runner.use_hints = False
     t = time.time()
     report = worker.drain_once(now=t)
@@ -321,7 +284,6 @@ def test_a_transient_failure_inside_a_bisection_retries_only_that_part(
     assert {state[e.event_id]["state"] for e in events[:4]} == {"pending"}
     assert state[events[6].event_id]["reason"] == "rejected"
     assert worker.drain_once(now=t + 10).delivered == 4
-    worker.close()
 
 
 def test_bisection_stops_when_the_destination_starts_failing(store: Store, fake: EmulatorServer) -> None:
@@ -350,34 +312,29 @@ def test_bisection_stops_when_the_destination_starts_failing(store: Store, fake:
     worker.close()
 
 
-def test_schema_violation_422_is_isolated_too(store: Store, fake: EmulatorServer) -> None:
+def test_schema_violation_422_is_isolated_too(store: Store, fake: EmulatorServer, worker: Worker) -> None:
     events = [event(i) for i in range(8)]
     events[5] = poisoned(events[5], quantity=3)  # an unknown top-level field: 422 at Dodo
     put(store, events)
-    worker = make_worker(store, make_settings(fake.url))
     report = worker.drain_until_idle()
     assert (report.delivered, report.dead) == (7, 1)
     row = rows(store)[events[5].event_id]
     assert (row["reason"], row["http_status"]) == ("rejected", 422)
-    worker.close()
 
 
-def test_single_event_400_is_dead_rejected(store: Store, fake: EmulatorServer) -> None:
+def test_single_event_400_is_dead_rejected(store: Store, fake: EmulatorServer, worker: Worker) -> None:
     (event_id,) = put(store, [poisoned(event(0))])
-    worker = make_worker(store, make_settings(fake.url))
     report = worker.drain_until_idle()
     assert (report.sent, report.dead) == (1, 1)
     row = rows(store)[event_id]
     assert (row["state"], row["reason"], row["http_status"], row["attempts"]) == ("dead", "rejected", 400, 1)
-    worker.close()
 
 
 def test_other_4xx_bisects_and_a_single_event_is_dead_with_its_status(
-    store: Store, fake: EmulatorServer
+    store: Store, fake: EmulatorServer, worker: Worker
 ) -> None:
     put(store, [event(i) for i in range(4)])
     fake.set_faults(script=[410])  # the batch is refused once; its halves go through
-    worker = make_worker(store, make_settings(fake.url))
     report = worker.drain_until_idle()
     # 4 requests: the batch, its left half (delivered), then the right half is known to hold the
     # offender and is split without being re-sent whole: each of its events goes alone (and passes).
@@ -387,7 +344,6 @@ def test_other_4xx_bisects_and_a_single_event_is_dead_with_its_status(
     assert worker.drain_until_idle().dead == 1
     row = rows(store)[lonely]
     assert (row["reason"], row["http_status"]) == ("http_410", 410)
-    worker.close()
 
 
 def test_413_splits_and_a_single_oversized_event_is_dead_too_large(
@@ -500,11 +456,10 @@ def test_no_key_pauses_without_sending_and_resumes_when_one_appears(
 # -- late events ----------------------------------------------------------------------------------
 
 
-def test_late_events_are_restamped_by_default(store: Store, fake: EmulatorServer) -> None:
+def test_late_events_are_restamped_by_default(store: Store, fake: EmulatorServer, worker: Worker) -> None:
     now = time.time()
     late, fresh = event(0, ts=now - 7200), event(1, ts=now - 60)
     put(store, [late, fresh])
-    worker = make_worker(store, make_settings(fake.url))
     report = worker.drain_until_idle()
     assert (report.delivered, report.restamped) == (2, 1)
     state = rows(store)
@@ -512,7 +467,6 @@ def test_late_events_are_restamped_by_default(store: Store, fake: EmulatorServer
     assert state[late.event_id]["payload"] == late.payload  # the original stays in the outbox
     received = datetime.fromisoformat(fake.events[late.event_id]["timestamp"].replace("Z", "+00:00"))
     assert abs(received.timestamp() - now) < 60  # stamped by Dodo on receipt
-    worker.close()
 
 
 def test_late_events_are_dead_lettered_when_configured(store: Store, fake: EmulatorServer) -> None:
@@ -529,44 +483,42 @@ def test_late_events_are_dead_lettered_when_configured(store: Store, fake: Emula
     worker.close()
 
 
-def test_a_clock_skewed_dodo_refusal_is_isolated(store: Store, fake: EmulatorServer) -> None:
+def test_a_clock_skewed_dodo_refusal_is_isolated(store: Store, fake: EmulatorServer, worker: Worker) -> None:
     # Dodo's clock runs 20 minutes ahead: to it, an event 45 minutes old is outside the hour.
     fake.set_clock_offset(1200)
     now = time.time()
     old, fresh = event(0, ts=now - 2700), event(1, ts=now - 10)
     put(store, [old, fresh])
-    worker = make_worker(store, make_settings(fake.url))
     report = worker.drain_until_idle()
     assert (report.delivered, report.dead) == (1, 1)
     assert rows(store)[old.event_id]["reason"] == "rejected"
-    worker.close()
 
 
 # -- leases ---------------------------------------------------------------------------------------
 
 
-def test_expired_leases_are_released_and_sent_again(store: Store, fake: EmulatorServer) -> None:
+def test_expired_leases_are_released_and_sent_again(
+    store: Store, fake: EmulatorServer, worker: Worker
+) -> None:
     put(store, [event(i) for i in range(4)])
     t = time.time()
     store.claim(int(t * 1e6), 10, 1_000_000, 1_000_000, "a-dead-worker")
-    worker = make_worker(store, make_settings(fake.url))
     assert worker.drain_once(now=t).claimed == 0  # leased to someone else
     report = worker.drain_once(now=t + 5)
     assert (report.released, report.delivered) == (4, 4)
     assert {r["attempts"] for r in rows(store).values()} == {2}
-    worker.close()
 
 
 def test_a_settle_after_a_lost_lease_is_logged_not_raised(store: Store, fake: EmulatorServer) -> None:
     put(store, [event(i) for i in range(3)])
-    fake.set_faults(latency_ms=400)
+    fake.set_faults(latency_ms=1500)  # slow's request is in flight long enough to be overtaken
     slow = make_worker(store, make_settings(fake.url, lease_seconds=1))
     other = make_worker(store, make_settings(fake.url))
     results: list[Any] = []
     with capture_logs() as logs:
         thread = threading.Thread(target=lambda: results.append(slow.drain_once()))
         thread.start()
-        time.sleep(0.15)
+        wait_until(lambda: store.counts()["inflight"] == 3, what="slow to claim the rows and send them")
         taken = other.drain_once(now=time.time() + 5)  # slow's lease has run out by this clock
         thread.join()
     assert taken.delivered == 3 and results[0].delivered == 0
@@ -593,7 +545,7 @@ print("finished")
 
 
 def test_rows_of_a_killed_worker_process_are_delivered_after_the_lease(
-    store: Store, fake: EmulatorServer, tmp_path: Path
+    store: Store, fake: EmulatorServer, worker: Worker, tmp_path: Path
 ) -> None:
     ids = put(store, [event(i) for i in range(5)])
     fake.set_faults(script=["timeout"], timeout_sleep_seconds=60)  # the send hangs
@@ -604,7 +556,7 @@ def test_rows_of_a_killed_worker_process_are_delivered_after_the_lease(
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + PATIENCE
         while fake.stats()["requests_by_status"].get("timeout", 0) < 1:
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the worker process never sent"
@@ -617,13 +569,11 @@ def test_rows_of_a_killed_worker_process_are_delivered_after_the_lease(
             proc.wait(10)
     assert {(r["state"], r["attempts"]) for r in rows(store).values()} == {("inflight", 1)}
     fake.clear_faults()
-    worker = make_worker(store, make_settings(fake.url))
     assert worker.drain_once().claimed == 0  # still leased
     report = worker.drain_once(now=time.time() + 2)  # the 1 s lease has passed
     assert (report.released, report.delivered) == (5, 5)
     assert set(fake.events) == set(ids)
     assert {(r["state"], r["attempts"]) for r in rows(store).values()} == {("delivered", 2)}
-    worker.close()
 
 
 # -- pacing ---------------------------------------------------------------------------------------
@@ -653,6 +603,14 @@ def test_without_pacing_the_same_burst_meets_429_and_backs_off(
     put(store, [event(i) for i in range(24)])
     worker = make_worker(store, make_settings(fake.url, batch_max_events=1, max_in_flight=2))
     report = worker.drain_until_idle()
+    # drain_until_idle returns when the next retry is not yet due; a busy machine can end it with a
+    # retry still scheduled, so drain again until every event has settled.
+    deadline, last = time.monotonic() + PATIENCE, report
+    while report.delivered + report.dead < 24 and time.monotonic() < deadline:
+        due = last.next_due
+        wait_until(lambda due=due: due is None or due <= time.time(), what="the retry to be due")
+        last = worker.drain_until_idle()
+        report.add(last)
     by_status = fake.stats()["requests_by_status"]
     assert by_status.get("429", 0) >= 1 and report.retried >= 1
     # The 429's Retry-After paused the shared bucket; after it everything went through.

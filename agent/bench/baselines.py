@@ -86,6 +86,21 @@ def raw_executemany(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
     conn.execute("COMMIT")
 
 
+PEER_MISSING_NOTE = (
+    "persist-queue is not installed, so this peer was not measured: "
+    "pip install 'dodo-outbox[bench]' to compare with it"
+)
+
+
+def peer_installed() -> bool:
+    """Whether persist-queue (the peer baseline, the `bench` extra) can be imported."""
+    try:
+        import persistqueue  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def open_persist_queue(path: Path, *, multithreading: bool = False) -> Any:
     """persist-queue's SQLiteAckQueue with durability made explicit: WAL (its default) + FULL.
 

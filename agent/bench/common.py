@@ -27,6 +27,10 @@ MIN_RATIO = "ratio_min"
 MIN_VALUE = "value_min"
 MAX_VALUE = "value_max"
 REPORT = "report"
+NO_DATA = "no data"
+"""`Row.missing` when a round measured nothing (e.g. no request of the load generator succeeded)."""
+NOT_INSTALLED = "not installed"
+"""`Row.missing` when the peer baseline's package is absent (`pip install 'dodo-outbox[bench]'`)."""
 
 
 @dataclass
@@ -35,11 +39,14 @@ class Row:
 
     `target_kind`: `ratio_min` (ours / baseline >= target), `value_min` (ours >= target), `value_max`
     (ours < target) or `report` (no target). `rounds` keeps the raw per-round figures of both sides.
+    `missing` says why a figure could not be measured ("no data", "not installed"; `ours` or
+    `baseline` is then None and the note says more): it stands in the verdict column, and `passed`
+    is None (neither pass nor miss).
     """
 
     name: str
     path: str
-    ours: float
+    ours: float | None
     unit: str
     baseline_name: str | None = None
     baseline: float | None = None
@@ -48,17 +55,18 @@ class Row:
     note: str = ""
     rounds: dict[str, list[float]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    missing: str = ""
 
     @property
     def ratio(self) -> float | None:
-        if self.baseline is None or self.baseline <= 0:
+        if self.ours is None or self.baseline is None or self.baseline <= 0:
             return None
         return self.ours / self.baseline
 
     @property
     def passed(self) -> bool | None:
-        """Whether the target is met; None when there is no target."""
-        if self.target is None or self.target_kind == REPORT:
+        """Whether the target is met; None when there is no target or a figure is missing."""
+        if self.target is None or self.target_kind == REPORT or self.missing or self.ours is None:
             return None
         if self.target_kind == MIN_RATIO:
             ratio = self.ratio

@@ -20,6 +20,7 @@ from agent.bench import baselines
 from agent.bench.common import (
     API_KEY,
     MIN_RATIO,
+    NOT_INSTALLED,
     Context,
     Row,
     Stopwatch,
@@ -81,10 +82,16 @@ def run(ctx: Context) -> list[Row]:
         figures = paired_rounds(
             {"ours": _ours(ctx, url, per_round), "bare": _bare(ctx, url, per_round)}, rounds
         )
-        ctx.progress(f"drain: persist-queue get+ack, {peer_events} events, 1 and 1000 per request")
-        peer_one = _persist_queue(ctx, url, peer_events, 1)
-        peer_batch = _persist_queue(ctx, url, peer_events * 5, 1000)
+        peer_one: float | None = None
+        peer_batch: float | None = None
+        if baselines.peer_installed():
+            ctx.progress(f"drain: persist-queue get+ack, {peer_events} events, 1 and 1000 per request")
+            peer_one = _persist_queue(ctx, url, peer_events, 1)
+            peer_batch = _persist_queue(ctx, url, peer_events * 5, 1000)
+        else:
+            ctx.progress("drain: persist-queue is not installed; its rows are marked so")
     ours = median(figures["ours"])
+    missing = "" if peer_one is not None else NOT_INSTALLED
     return [
         Row(
             "drain.bare",
@@ -107,6 +114,8 @@ def run(ctx: Context) -> list[Row]:
             peer_one,
             MIN_RATIO,
             50.0,
+            note=baselines.PEER_MISSING_NOTE if missing else "",
+            missing=missing,
         ),
         Row(
             "drain.peer.batched",
@@ -115,7 +124,8 @@ def run(ctx: Context) -> list[Row]:
             "events/s",
             "persist-queue 1000 gets/POST",
             peer_batch,
-            note="each get and ack is still its own commit; no target",
+            note=baselines.PEER_MISSING_NOTE if missing else "each get and ack is still its own commit",
+            missing=missing,
         ),
     ]
 

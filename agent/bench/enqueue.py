@@ -16,6 +16,7 @@ from typing import Any
 from agent.bench import baselines
 from agent.bench.common import (
     MIN_RATIO,
+    NOT_INSTALLED,
     Context,
     Row,
     Stopwatch,
@@ -43,8 +44,10 @@ def _single(ctx: Context) -> list[Row]:
     outbox = Outbox(ctx.path("enqueue/single.db"))
     raw = baselines.RawPerEvent(ctx.path("enqueue/raw.db"))
     minimal = baselines.RawPerEvent(ctx.path("enqueue/minimal.db"), minimal_table=True)
-    queue = baselines.open_persist_queue(ctx.path("enqueue/persist-queue"))
-    synchronous = baselines.persist_queue_synchronous(queue)
+    queue = None
+    if baselines.peer_installed():
+        queue = baselines.open_persist_queue(ctx.path("enqueue/persist-queue"))
+    synchronous = baselines.persist_queue_synchronous(queue) if queue is not None else None
 
     def side(prefix: str, call: Callable[[dict[str, Any]], object]) -> Callable[[int], float]:
         def one_round(number: int) -> float:
@@ -61,16 +64,31 @@ def _single(ctx: Context) -> list[Row]:
             "ours": side("o", outbox.enqueue),
             "raw": side("r", raw.insert),
             "minimal": side("m", minimal.insert),
-            "persist_queue": side("p", queue.put),
         }
+        if queue is not None:
+            sides["persist_queue"] = side("p", queue.put)
         figures = paired_rounds(sides, rounds)
     finally:
         outbox.close()
         raw.close()
         minimal.close()
-        queue.close()
+        if queue is not None:
+            queue.close()
     ours = median(figures["ours"])
-    ceiling = median(figures["raw"]) / max(1.0, median(figures["persist_queue"]))
+    return _single_rows(ours, figures, synchronous)
+
+
+def _single_rows(ours: float, figures: dict[str, list[float]], synchronous: int | None) -> list[Row]:
+    peer = figures.get("persist_queue")
+    if peer is None:
+        peer_note = baselines.PEER_MISSING_NOTE
+    else:
+        ceiling = median(figures["raw"]) / max(1.0, median(peer))
+        peer_note = (
+            f"persist-queue: WAL, auto_commit=True, PRAGMA synchronous={synchronous} (2 = FULL), pickle; "
+            f"its table has no index. The outbox's table written raw reaches {ceiling:.2f}x of it: "
+            "the ceiling for one commit per event with this schema"
+        )
     return [
         Row(
             "enqueue.single",
@@ -100,15 +118,12 @@ def _single(ctx: Context) -> list[Row]:
             ours,
             "events/s",
             "persist-queue SQLiteAckQueue.put",
-            median(figures["persist_queue"]),
+            None if peer is None else median(peer),
             MIN_RATIO,
             1.2,
-            note=(
-                f"persist-queue: WAL, auto_commit=True, PRAGMA synchronous={synchronous} (2 = FULL), pickle; "
-                f"its table has no index. The outbox's table written raw reaches {ceiling:.2f}x of it: "
-                "the ceiling for one commit per event with this schema"
-            ),
-            rounds={"ours": figures["ours"], "baseline": figures["persist_queue"]},
+            note=peer_note,
+            rounds={"ours": figures["ours"], "baseline": peer or []},
+            missing="" if peer is not None else NOT_INSTALLED,
         ),
     ]
 

@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from agent.bench.common import MIN_RATIO, MIN_VALUE, Context, Row, median, paired_rounds
+from agent.bench.common import MIN_RATIO, MIN_VALUE, NO_DATA, Context, Row, median, paired_rounds
 from agent.bench.loadgen import run_load
 from agent.config import HttpIntakeSettings
 from agent.errors import EventConflictError
@@ -101,8 +101,11 @@ def run(ctx: Context) -> list[Row]:
             duration=duration * 1.5,
             prefix="big",
         )
-    ours = median(figures["ours"])
-    latency = _latency(reports["ours"])
+    ours = _succeeded(figures["ours"], reports["ours"])
+    no_store = _succeeded(figures["no_store"], reports["no_store"])
+    per_request = _succeeded(figures["per_request"], reports["per_request"])
+    big_events = float(big["events"]) / float(big["seconds"]) if big["ok"] else None
+    latency = _latency([r for r in reports["ours"] if r["ok"]])
     return [
         Row(
             "http.single.no_store",
@@ -110,12 +113,16 @@ def run(ctx: Context) -> list[Row]:
             ours,
             "requests/s",
             "same stack, not storing",
-            median(figures["no_store"]),
+            no_store,
             MIN_RATIO,
             0.5,
-            note=f"ours: p50 {latency[0]:.1f} ms, p99 {latency[1]:.1f} ms per request",
+            note=_note(
+                {"ours": reports["ours"], "the baseline": reports["no_store"]},
+                f"ours: p50 {latency[0]:.1f} ms, p99 {latency[1]:.1f} ms per request",
+            ),
             rounds={"ours": figures["ours"], "baseline": figures["no_store"]},
             extra={"statuses": [r["statuses"] for r in reports["ours"]]},
+            missing=_missing(ours, no_store),
         ),
         Row(
             "http.single.per_request",
@@ -123,22 +130,54 @@ def run(ctx: Context) -> list[Row]:
             ours,
             "requests/s",
             "same stack, 1 commit/request",
-            median(figures["per_request"]),
+            per_request,
             MIN_RATIO,
             3.0,
+            note=_note({"ours": reports["ours"], "the baseline": reports["per_request"]}, ""),
             rounds={"ours": figures["ours"], "baseline": figures["per_request"]},
+            missing=_missing(ours, per_request),
         ),
         Row(
             "http.batch",
             f"HTTP {BIG_EVENTS}-event POSTs, {BIG_CONNECTIONS} connections",
-            big["events"] / big["seconds"],
+            big_events,
             "events/s",
             target_kind=MIN_VALUE,
             target=50_000.0,
-            note=f"p50 {big['latency_ms']['p50']:.0f} ms, p99 {big['latency_ms']['p99']:.0f} ms per request",
-            extra={"statuses": big["statuses"]},
+            note=_note(
+                {"ours": [big]},
+                f"p50 {big['latency_ms']['p50']:.0f} ms, p99 {big['latency_ms']['p99']:.0f} ms per request",
+            ),
+            extra={"statuses": big["statuses"], "errors": big["errors"]},
+            missing=_missing(big_events),
         ),
     ]
+
+
+def _succeeded(figures: list[float], reports: list[dict[str, Any]]) -> float | None:
+    """The median figure of a side, or None when no request of any of its rounds succeeded."""
+    return median(figures) if any(r["ok"] for r in reports) else None
+
+
+def _missing(*figures: float | None) -> str:
+    return NO_DATA if any(figure is None for figure in figures) else ""
+
+
+def _note(sides: dict[str, list[dict[str, Any]]], measured: str) -> str:
+    """`measured`, or for a side without a successful request: how many rounds, what was answered."""
+    failures = []
+    for side, reports in sides.items():
+        if any(r["ok"] for r in reports):
+            continue
+        answers = {status: n for r in reports for status, n in r["statuses"].items()}
+        errors = [error for r in reports for error in r["errors"]][:2]
+        failures.append(
+            f"{side}: no request succeeded in {len(reports)} round(s) of "
+            f"{reports[0]['seconds'] if reports else 0:.1f} s (answers {answers or 'none'}"
+            + (f"; {'; '.join(errors)}" if errors else "")
+            + "); the machine may be too busy: try a larger --scale"
+        )
+    return "; ".join(failures) if failures else measured
 
 
 def _latency(reports: list[dict[str, Any]]) -> tuple[float, float]:

@@ -28,7 +28,8 @@ from agent.service import Agent
 
 GAP_SECONDS = 0.02
 """Pause between events, so each finds the agent idle."""
-ARRIVAL_TIMEOUT = 10.0
+ARRIVAL_TIMEOUT = 60.0
+"""How long one event may take to reach the emulator before the run gives up (a busy machine is slow)."""
 
 
 class _ArrivalState(EmulatorState):

@@ -61,15 +61,22 @@ def run_benchmarks(
     rows: list[Row] = []
     timings: dict[str, float] = {}
     started = time.monotonic()
+    failures: dict[str, str] = {}
     try:
         for name in chosen:
             say(f"{name}:")
             group_started = time.monotonic()
-            rows.extend(GROUPS[name](context))
+            try:
+                rows.extend(GROUPS[name](context))
+            except Exception as exc:  # one broken group is reported; the others still run
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                say(f"{name}: failed: {failures[name]}")
             timings[name] = round(time.monotonic() - group_started, 1)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return results_document(rows, quick, scale_factor, chosen, timings, time.monotonic() - started, base)
+    document = results_document(rows, quick, scale_factor, chosen, timings, time.monotonic() - started, base)
+    document["failures"] = failures
+    return document
 
 
 def results_document(
@@ -188,6 +195,7 @@ def render_table(document: dict[str, Any], console: Console) -> None:
     table.add_column("")
     verdicts = {True: "[green]pass[/green]", False: "[red]miss[/red]", None: "[dim]report[/dim]"}
     for row in document["results"]:
+        verdict = f"[yellow]{escape(row['missing'])}[/yellow]" if row["missing"] else verdicts[row["passed"]]
         table.add_row(
             row["path"],
             _figure(row["ours"], row["unit"]),
@@ -195,7 +203,7 @@ def render_table(document: dict[str, Any], console: Console) -> None:
             _figure(row["baseline"], row["unit"]),
             "-" if row["ratio"] is None else f"{row['ratio']:.2f}x",
             row["target_text"],
-            verdicts[row["passed"]],
+            verdict,
         )
     console.print(table)
     m = document["machine"]
@@ -206,6 +214,8 @@ def render_table(document: dict[str, Any], console: Console) -> None:
     for row in document["results"]:
         if row["note"]:
             console.print(f"[dim]{row['name']}: {escape(row['note'])}[/dim]")
+    for group, error in document.get("failures", {}).items():
+        console.print(f"[red]{group}: the benchmark failed, its rows are missing: {escape(error)}[/red]")
 
 
 def markdown_table(document: dict[str, Any]) -> str:
@@ -216,7 +226,7 @@ def markdown_table(document: dict[str, Any]) -> str:
     ]
     for row in document["results"]:
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
-        verdict = {True: "pass", False: "**miss**", None: "report"}[row["passed"]]
+        verdict = row["missing"] or {True: "pass", False: "**miss**", None: "report"}[row["passed"]]
         path = row["path"].strip()
         if row["path"].startswith("  "):
             path = "&nbsp;&nbsp;" + path

@@ -14,12 +14,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
+
+from tests.waiting import wait_until as wait_until  # shared; re-exported for the reliability tests
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "reliability_key_0123"
@@ -41,15 +42,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> None:
-    """Poll `predicate` until it holds; fail the test naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(poll)
 
 
 def toml_value(value: Any) -> str:

@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from agent import config as config_module
+from agent import metrics
 from agent.config import DeliverySettings, DodoSettings, Settings
 from agent.delivery import DodoClient
 from agent.emulator import EmulatorServer
@@ -139,14 +140,25 @@ def recover_and_deliver(
     if dodo_back_first:
         fake.clear_faults()
     batch = events("after", 5)
-    wait_until(lambda: post(agent, batch).status_code == 200, 30, "intake to accept events again")
+    wait_until(lambda: post(agent, batch).status_code == 200, 60, "intake to accept events again")
     acked.update(e["event_id"] for e in batch)
-    wait_until(lambda: not any((spool / "new").iterdir()), 30, "the deferred drop file to be ingested")
+    wait_until(lambda: not any((spool / "new").iterdir()), 60, "the deferred drop file to be ingested")
     assert not any((spool / "rejected").iterdir())
     fake.clear_faults()
     wait_until(lambda: acked <= set(fake.events), 60, "every acknowledged event to reach Dodo")
     assert agent.store is not None
     assert agent.store.counts()["dead"] == 0
+
+
+def dropdir_refusals() -> float:
+    """How often the drop directory deferred a file because the outbox was full (a process counter)."""
+    return sum(
+        sample.value
+        for family in metrics.REGISTRY.collect()
+        if family.name == "dodo_outbox_capacity_refusals"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels.get("source") == "dropdir"
+    )
 
 
 def test_disk_full_refuses_with_429_loses_nothing_and_recovers_by_itself(
@@ -166,9 +178,11 @@ def test_disk_full_refuses_with_429_loses_nothing_and_recovers_by_itself(
         statuses = fill_until_refused(agent, "full", acked)
         assert set(statuses) == {429}
         spool = tmp_path / "spool"
+        deferred = dropdir_refusals()
         drop(spool, "while-full.ndjson", events("dropped", 30))
-        time.sleep(1.0)  # a few scans: the file is deferred, not rejected
-        assert (spool / "new" / "while-full.ndjson").exists()
+        wait_until(lambda: dropdir_refusals() > deferred, 60, "the drop directory to meet the full disk")
+        assert (spool / "new" / "while-full.ndjson").exists()  # deferred, not rejected
+        assert not any((spool / "rejected").iterdir())
         with agent.store.read() as conn:  # room again
             conn.execute("PRAGMA max_page_count = 1073741823")
         acked.update(f"dropped-{i:06d}" for i in range(30))
@@ -281,7 +295,7 @@ def test_a_damaged_outbox_is_moved_aside_the_agent_starts_fresh_and_doctor_salva
         # The fresh outbox takes and delivers events.
         new = events("new", 10)
         assert httpx.post(f"{agent.url}/events/ingest", json={"events": new}, timeout=10).status_code == 200
-        wait_until(lambda: {e["event_id"] for e in new} <= set(fake.events), 30, "new events delivered")
+        wait_until(lambda: {e["event_id"] for e in new} <= set(fake.events), 60, "new events delivered")
         # doctor names the damage ...
         checked = cli(config, "doctor", "--outbox", str(moved))
         assert checked.returncode == 1 and "DAMAGED" in checked.stdout
@@ -298,7 +312,7 @@ def test_a_damaged_outbox_is_moved_aside_the_agent_starts_fresh_and_doctor_salva
             assert copied > 500, report
             recovered = set(rows(outbox)) & old
             assert len(recovered) == copied
-            wait_until(lambda: recovered <= set(fake.events), 30, "salvaged events delivered")
+            wait_until(lambda: recovered <= set(fake.events), 60, "salvaged events delivered")
         else:
             assert report["schema_error"] and sum(report["copied"].values()) == 0
         # No crash loop: a restart finds a healthy file and moves nothing.
@@ -454,17 +468,6 @@ def drain_until(worker: Worker, done: Callable[[], bool], timeout: float = 20.0)
         time.sleep(0.05)
 
 
-@pytest.fixture
-def fake(fake_dodo_factory: FakeDodoFactory) -> EmulatorServer:
-    return fake_dodo_factory(keys={KEY}, rate_limit=False)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "outbox.db") as s:
-        yield s
-
-
 def test_clock_jumping_back_after_failures_does_not_stall_retries(store: Store, fake: EmulatorServer) -> None:
     ids = put(store, "back", 20)
     clock = Clock()
@@ -485,7 +488,7 @@ def test_clock_jumping_back_does_not_hold_a_dead_workers_leases(store: Store, fa
     clock.offset = -3600.0
     worker = make_worker(store, fake.url, clock, lease_seconds=2)
     # By the clock as it now reads, that lease ends in an hour; a restart must not wait for it.
-    drain_until(worker, lambda: ids <= set(fake.events), timeout=30)
+    drain_until(worker, lambda: ids <= set(fake.events), timeout=60)
     worker.close()
 
 
@@ -497,7 +500,7 @@ def test_clock_jumping_forward_loses_nothing(store: Store, fake: EmulatorServer)
     results: list[Any] = []
     thread = threading.Thread(target=lambda: results.append(slow.drain_once()))
     thread.start()
-    wait_until(lambda: store.counts()["inflight"] > 0, 10, "a batch in flight")
+    wait_until(lambda: store.counts()["inflight"] > 0, 60, "a batch in flight")
     clock.offset = 7200.0  # ... when the clock leaps two hours: its lease looks expired, events look late
     other = make_worker(store, fake.url, clock)
     fake.clear_faults()

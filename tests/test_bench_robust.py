@@ -1,0 +1,123 @@
+"""`dodo-outbox bench` never ends in a traceback: a load round where no request succeeded, a missing peer
+package and a broken benchmark group are each reported in the table and the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from agent.bench import http, loadgen, runner
+from agent.bench.common import NO_DATA, NOT_INSTALLED, Context, Row
+from agent.cli import cli
+
+pytestmark = pytest.mark.timeout(240)
+BENCH_ARGS = ["bench", "--quick", "--json", "--scale", "0.05", "--only", "enqueue", "--only", "drain"]
+
+
+def _refused_url() -> str:
+    """A loopback URL nothing listens on: every connection is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_a_load_round_against_a_refusing_server_reports_nothing_succeeded() -> None:
+    report = loadgen.run_load(_refused_url(), connections=2, events=1, duration=0.3, prefix="r", warmup=0.1)
+    assert report["ok"] == 0 and report["events"] == 0
+    assert any("ConnectionRefusedError" in error for error in report["errors"]), report
+
+
+def test_http_rounds_where_no_request_succeeds_are_rows_without_a_figure_or_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = _refused_url()
+    real_run_load = loadgen.run_load
+
+    def against_a_refusing_server(url: str, **kwargs: Any) -> dict[str, Any]:
+        return real_run_load(refused, **kwargs)  # the real child process, every connection refused
+
+    monkeypatch.setattr(http, "run_load", against_a_refusing_server)
+    rows = http.run(Context(tmp_path, quick=True, scale=0.05, progress=lambda text: None))
+
+    assert [row.name for row in rows] == ["http.single.no_store", "http.single.per_request", "http.batch"]
+    for row in rows:
+        assert row.ours is None and row.missing == NO_DATA
+        assert row.passed is None and row.ratio is None
+        assert "no request succeeded in 1 round(s)" in row.note, row.note
+        assert "ConnectionRefusedError" in row.note, row.note
+    document = runner.results_document(rows, True, 0.05, ["http"], {}, 1.0, tmp_path)
+    parsed = json.loads(json.dumps(document))  # what --json prints: null, not a crash
+    assert [row["ours"] for row in parsed["results"]] == [None, None, None]
+    assert {row["missing"] for row in parsed["results"]} == {NO_DATA}
+    console = Console(width=250, record=True, color_system=None)
+    runner.render_table(document, console)
+    text = console.export_text()
+    assert text.count(NO_DATA) >= 3
+    assert "pass" not in text and "miss" not in text
+
+
+def test_a_missing_figure_is_neither_pass_nor_miss() -> None:
+    row = Row("x", "x", None, "events/s", "base", 100.0, "ratio_min", 0.5, missing=NO_DATA)
+    assert row.passed is None and row.ratio is None
+    peer = Row("y", "y", 90.0, "events/s", "peer", None, "ratio_min", 0.5, missing=NOT_INSTALLED)
+    assert peer.passed is None and peer.ratio is None
+    assert Row("z", "z", 90.0, "events/s", "base", 100.0, "ratio_min", 0.5).passed is True
+
+
+def test_without_persist_queue_the_peer_rows_say_not_installed(tmp_path: Path) -> None:
+    # A plain `pip install dodo-outbox` has no persist-queue (it comes with the `bench` extra): the
+    # import is blocked in the child, as if the package were absent.
+    script = (
+        "import sys; sys.modules['persistqueue'] = None; from agent.cli import main; "
+        "sys.argv = ['dodo-outbox', *sys.argv[1:]]; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *BENCH_ARGS, "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    rows = {row["name"]: row for row in json.loads(done.stdout)["results"]}
+    peers = {"enqueue.single.peer", "drain.peer", "drain.peer.batched"}
+    for name in peers:
+        assert rows[name]["missing"] == NOT_INSTALLED, rows[name]
+        assert rows[name]["baseline"] is None and rows[name]["passed"] is None
+        assert "pip install 'dodo-outbox[bench]'" in rows[name]["note"]
+        assert rows[name]["ours"] > 0  # our side is still measured
+    for name in set(rows) - peers:
+        assert not rows[name]["missing"], rows[name]
+
+
+def test_a_broken_group_is_reported_the_others_still_run_and_bench_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(ctx: Context) -> list[Row]:
+        raise RuntimeError("the emulator did not start")
+
+    def fine(ctx: Context) -> list[Row]:
+        return [Row("fine.row", "a fine path", 1.0, "ms")]
+
+    monkeypatch.setitem(runner.GROUPS, "latency", broken)
+    monkeypatch.setitem(runner.GROUPS, "scale", fine)
+    result = CliRunner().invoke(
+        cli, ["bench", "--only", "latency", "--only", "scale", "--json", "--dir", str(tmp_path)]
+    )
+    assert result.exit_code == 1, result.output
+    assert not isinstance(result.exception, RuntimeError)
+    document = json.loads(result.stdout)
+    assert document["failures"] == {"latency": "RuntimeError: the emulator did not start"}
+    assert [row["name"] for row in document["results"]] == ["fine.row"]
+    assert "the latency benchmark failed: RuntimeError: the emulator did not start" in result.stderr
