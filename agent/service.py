@@ -19,26 +19,27 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent import __version__, logs, metrics, systemd
+from agent import __version__, logs, systemd
 from agent import config as config_module
-from agent import status as status_module
 from agent.config import Settings
-from agent.delivery import DodoClient
+from agent.delivery.client import DodoClient
+from agent.delivery.scheduler import AgentScheduler
+from agent.delivery.worker import Worker
 from agent.errors import ConfigError, OutboxCorruptError
 from agent.intake.dropdir import DropDir
 from agent.intake.http import create_app
-from agent.intake.ops_routes import ops_routes
 from agent.intake.readback import Readback
 from agent.intake.server import HttpServer
 from agent.lock import ProcessLock, dropdir_lock, outbox_lock
 from agent.meters import build_checker
+from agent.ops import metrics
+from agent.ops import status as status_module
+from agent.ops.retention import run_retention
+from agent.ops.routes import ops_routes
 from agent.outbox import Outbox
 from agent.preflight import check_settings
-from agent.retention import run_retention
-from agent.scheduler import AgentScheduler
 from agent.store import Store, StoreOptions
 from agent.store.salvage import quarantine
-from agent.worker import Worker
 
 log = logs.get_logger("dodo_outbox.service")
 

@@ -88,3 +88,17 @@ def parse_timestamp(value: object) -> datetime:
         return moment.astimezone(UTC)
     except OverflowError:
         raise ValueError(f"{value!r} is outside the range of dates Dodo can bill") from None
+
+
+US = 1_000_000
+"""Microseconds per second: the outbox stores every instant as integer microseconds since the epoch."""
+
+
+def to_us(seconds: float) -> int:
+    """Epoch seconds (or a duration in seconds) as whole microseconds, truncated like `int()`."""
+    return int(seconds * US)
+
+
+def from_us(us: int) -> float:
+    """Microseconds since the epoch (or a duration in microseconds) as seconds."""
+    return us / US

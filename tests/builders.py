@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import DeliverySettings, DodoSettings, Settings
-from agent.delivery import DodoClient
+from agent.delivery.client import DodoClient
+from agent.delivery.worker import Worker
 from agent.events import Event, validate
 from agent.store import Store
-from agent.worker import Worker
 
 KEY = "test_key"
 """The API key the `fake` emulator accepts (a module may set its own KEY)."""

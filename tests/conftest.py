@@ -20,10 +20,10 @@ import pytest
 import structlog
 from hypothesis import settings
 
+from agent.delivery.worker import Worker
 from agent.emulator import EmulatorServer
 from agent.outbox import Outbox
 from agent.store import Store
-from agent.worker import Worker
 from tests import builders, ops_helpers
 
 if TYPE_CHECKING:  # imported as a plugin below; importing it here first would skip its assert rewriting

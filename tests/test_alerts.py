@@ -1,5 +1,5 @@
 """The shipped Prometheus alert rules and Grafana dashboard: valid for promtool, firing when they should,
-and naming only metrics agent/metrics.py defines."""
+and naming only metrics agent/ops/metrics.py defines."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import metrics
+from agent.ops import metrics
 from agent.store import Store
 
 ROOT = Path(__file__).parent.parent

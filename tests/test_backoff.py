@@ -1,4 +1,4 @@
-"""Tests for agent.backoff: the classify table, delays, server hints, the breaker, the window."""
+"""Tests for agent.delivery.backoff: the classify table, delays, server hints, the breaker, the window."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.backoff import (
+from agent.delivery.backoff import (
     MAX_HINT_SECONDS,
     DestinationBackoff,
     Outcome,

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from agent import logs
 from agent.cli import cli
-from agent.cli.delivery import EXIT_PAUSED
+from agent.cli.drain import EXIT_PAUSED
 from agent.emulator import EmulatorServer
 from agent.outbox import Outbox
 from agent.store import Store

@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from agent import status as status_module
 from agent.cli import cli, common
+from agent.ops import status as status_module
 from agent.store import Store
 from tests.ops_helpers import NOW, add_dead
 

@@ -11,7 +11,7 @@ import pytest
 
 from agent import __version__
 from agent.config import DeliverySettings, DodoSettings, Settings
-from agent.delivery import BODY_OVERHEAD, DodoClient, SendResult, build_body
+from agent.delivery.client import BODY_OVERHEAD, DodoClient, SendResult, build_body
 from agent.emulator import EmulatorServer
 from agent.events import validate
 

@@ -15,13 +15,13 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from agent import status as status_module
 from agent.cli import cli
 from agent.config import HttpIntakeSettings, OutboxSettings, Settings
 from agent.events import validate_many
 from agent.intake.http import create_app
-from agent.intake.ops_routes import ops_routes
 from agent.intake.server import HttpServer
+from agent.ops import status as status_module
+from agent.ops.routes import ops_routes
 from agent.outbox import Outbox
 from agent.store import DeadFilter, Store
 from agent.store.dlq import restamped_payload

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from agent.intake.files import ParseProblem, Record, read_records
+from agent.intake.records import ParseProblem, Record, read_records
 
 
 def read(data: bytes) -> list[Record | ParseProblem]:

@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from agent import status as status_module
 from agent.config import HttpIntakeSettings
 from agent.errors import ConfigError
 from agent.intake.http import create_app
 from agent.intake.server import HttpServer, parse_listen
+from agent.ops import status as status_module
 from agent.outbox import Outbox
 from tests.builders import raw_event as event
 
@@ -128,7 +128,7 @@ def test_duplicate_ids_in_one_request(agent: Agent) -> None:
 
 
 def test_two_clashing_events_in_one_request_are_both_named_and_counted(agent: Agent) -> None:
-    from agent import metrics
+    from agent.ops import metrics
 
     def rejected() -> float:
         value = metrics.REGISTRY.get_sample_value(

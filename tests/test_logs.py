@@ -39,7 +39,7 @@ def lines(stream: io.StringIO) -> list[dict[str, Any]]:
 def test_json_is_one_object_per_line_with_event_level_timestamp() -> None:
     out = io.StringIO()
     logs.configure("json", "info", out)
-    log = logs.get_logger("agent.worker")
+    log = logs.get_logger("agent.delivery.worker")
     log.info("batch_delivered", count=3, note="line one\nline two")
     try:
         raise RuntimeError("boom\nsecond line")
@@ -49,7 +49,7 @@ def test_json_is_one_object_per_line_with_event_level_timestamp() -> None:
     assert first["event"] == "batch_delivered"
     assert first["level"] == "info"
     assert first["count"] == 3
-    assert first["logger"] == "agent.worker"
+    assert first["logger"] == "agent.delivery.worker"
     assert first["note"] == "line one\nline two"
     stamp = datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00"))
     assert stamp.utcoffset() == timedelta(0)

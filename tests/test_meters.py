@@ -15,10 +15,10 @@ from structlog.testing import capture_logs
 
 from agent import config
 from agent.cli import cli
+from agent.delivery.pacing import TokenBucket
 from agent.emulator import EmulatorServer
 from agent.errors import ConfigError, DeliveryError, InvalidEventError
 from agent.events import validate
-from agent.meter_report import keys_by_name, report, status_section
 from agent.meters import (
     Meter,
     MeterChecker,
@@ -32,8 +32,8 @@ from agent.meters import (
     meter_from_api,
     meter_to_row,
 )
+from agent.meters.report import keys_by_name, report, status_section
 from agent.outbox import Outbox
-from agent.pacing import TokenBucket
 from agent.store import Store
 
 KEY = "test_key"

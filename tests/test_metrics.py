@@ -16,17 +16,17 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import metrics, status
 from agent.config import DeliverySettings, DodoSettings, HttpIntakeSettings, Settings
-from agent.delivery import DodoClient
+from agent.delivery.client import DodoClient
+from agent.delivery.worker import Worker
 from agent.emulator import EmulatorServer
 from agent.errors import Problem
 from agent.events import validate
 from agent.intake.http import create_app
 from agent.intake.server import HttpServer
+from agent.ops import metrics, status
 from agent.outbox import EnqueueResult, Outbox
 from agent.store import Store
-from agent.worker import Worker
 from tests.emulator_fixture import FakeDodoFactory
 from tests.ops_helpers import NOW, add_dead, add_delivered, add_pending, us
 from tests.waiting import wait_until

@@ -1,4 +1,4 @@
-"""Tests for agent.pacing.TokenBucket, all with injected time and no real sleeps."""
+"""Tests for agent.delivery.pacing.TokenBucket, all with injected time and no real sleeps."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.pacing import TokenBucket
+from agent.delivery.pacing import TokenBucket
 
 
 class FakeClock:

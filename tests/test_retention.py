@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.config import OutboxSettings, Settings
-from agent.retention import run_retention
+from agent.ops.retention import run_retention
 from agent.store import Store
 from tests.ops_helpers import NOW, add_dead, add_delivered, add_pending, us
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from agent.batching import DrainReport
 from agent.config import DeliverySettings, Settings
+from agent.delivery.batch import DrainReport
+from agent.delivery.scheduler import AgentScheduler
 from agent.emulator import EmulatorServer
 from agent.outbox import Outbox
-from agent.scheduler import AgentScheduler
 from tests.builders import make_settings, make_worker
 from tests.waiting import PATIENCE
 

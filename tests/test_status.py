@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from agent import status as status_module
 from agent.cli import cli
 from agent.cli.ops import sparkline
 from agent.config import Settings
+from agent.ops import status as status_module
 from agent.store import Store
 from tests.ops_helpers import NOW, add_dead, add_delivered, add_pending, us
 

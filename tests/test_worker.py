@@ -23,13 +23,13 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from agent import status
 from agent.config import DodoSettings
-from agent.delivery import DodoClient
+from agent.delivery.client import DodoClient
+from agent.delivery.worker import Worker
 from agent.emulator import EmulatorServer
 from agent.events import Event
+from agent.ops import status
 from agent.store import Store
-from agent.worker import Worker
 from tests.builders import FAST as FAST  # importable from here, as before
 from tests.builders import KEY, make_settings, make_worker
 from tests.builders import stored_event as event
@@ -531,9 +531,9 @@ def test_a_settle_after_a_lost_lease_is_logged_not_raised(store: Store, fake: Em
 WORKER_SCRIPT = """
 import sys
 from agent.config import DeliverySettings, DodoSettings, Settings
-from agent.delivery import DodoClient
+from agent.delivery.client import DodoClient
 from agent.store import Store
-from agent.worker import Worker
+from agent.delivery.worker import Worker
 url, db = sys.argv[1], sys.argv[2]
 delivery = DeliverySettings(lease_seconds=1, timeout_seconds=60)
 settings = Settings(dodo=DodoSettings(base_url=url), delivery=delivery)

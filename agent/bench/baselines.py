@@ -27,7 +27,7 @@ import httpx
 import orjson
 
 from agent.bench.common import API_KEY
-from agent.delivery import build_body
+from agent.delivery.client import build_body
 from agent.events import Event
 from agent.store import schema
 

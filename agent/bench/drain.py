@@ -33,9 +33,9 @@ from agent.bench.common import (
 )
 from agent.bench.emulator_proc import running_emulator
 from agent.config import DeliverySettings, DodoSettings, OutboxSettings, Settings
-from agent.delivery import DodoClient
+from agent.delivery.client import DodoClient
+from agent.delivery.worker import Worker
 from agent.store import Store
-from agent.worker import Worker
 
 FILL_CHUNK = 1000
 

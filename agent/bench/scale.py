@@ -38,10 +38,10 @@ from agent.bench.common import (
 )
 from agent.bench.drain import bench_settings, drain_with_worker, fill
 from agent.bench.emulator_proc import running_emulator
-from agent.delivery import DodoClient
+from agent.delivery.client import DodoClient
+from agent.delivery.worker import Worker
 from agent.outbox import Outbox
 from agent.store import Store
-from agent.worker import Worker
 
 BATCH = 1000
 MEMORY_LIMIT_MB = 150.0

@@ -16,7 +16,7 @@ from agent import config as config_module
 from agent.cli import common
 from agent.errors import EventConflictError, InvalidEventError, Problem
 from agent.events import Event, check_event
-from agent.intake.files import ParseProblem, read_records
+from agent.intake.records import ParseProblem, read_records
 from agent.meters import MeterChecker
 from agent.outbox import Outbox
 

@@ -14,10 +14,10 @@ import click
 import orjson
 
 from agent.cli import common
+from agent.delivery.pacing import TokenBucket
 from agent.errors import ConfigError, DeliveryError
-from agent.meter_report import keys_by_name, report
 from agent.meters import dodo_client, fetch_meters, known_meters, meter_to_row, paced_get
-from agent.pacing import TokenBucket
+from agent.meters.report import keys_by_name, report
 from agent.timestamps import parse_timestamp
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")

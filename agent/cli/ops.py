@@ -15,9 +15,9 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from agent import status as status_module
 from agent.cli import common
 from agent.cli.dlq import dlq
+from agent.ops import status as status_module
 
 SPARK = "▁▂▃▄▅▆▇█"
 

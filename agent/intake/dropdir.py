@@ -32,12 +32,12 @@ from typing import IO, Any
 import structlog
 import watchfiles
 
-from agent import metrics
 from agent.config import DropdirSettings
 from agent.errors import EventConflictError, OutboxError, OutboxFullError, Problem
 from agent.events import Event, check_event
-from agent.intake.files import ParseProblem, Record, read_records
-from agent.intake.spoolfiles import ErrorsFile, field_of, open_regular
+from agent.intake.records import ParseProblem, Record, read_records
+from agent.intake.spool import ErrorsFile, field_of, open_regular
+from agent.ops import metrics
 from agent.outbox import Outbox
 
 log = structlog.get_logger("dodo_outbox.intake")

@@ -41,7 +41,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from agent import metrics
 from agent.config import HttpIntakeSettings
 from agent.errors import (
     DodoOutboxError,
@@ -53,6 +52,7 @@ from agent.errors import (
 )
 from agent.intake.body import Refusal, check_body, json_response, retry_headers, summary
 from agent.intake.readback import Readback
+from agent.ops import metrics
 from agent.outbox import Outbox
 
 log = structlog.get_logger("dodo_outbox.intake")
@@ -280,7 +280,7 @@ def create_app(
 ) -> Starlette:
     """The ASGI app of the endpoint (serve it with `agent.intake.server.HttpServer`).
 
-    `status()` returns the status document (`agent.status.build(store)`); `readiness()` extra facts for
+    `status()` returns the status document (`agent.ops.status.build(store)`); `readiness()` extra facts for
     `/readyz` (e.g. `{"delivery_paused": true, "paused_reason": "..."}`); both run in a worker thread.
     Set `shutting_down` (also at `app.state.shutting_down`) to refuse new events with 503.
     `full_retry_after` overrides the Retry-After of a 429 (default: what the outbox suggests).

@@ -28,7 +28,7 @@ from starlette.responses import Response
 
 from agent import __version__
 from agent.config import Settings, read_api_key
-from agent.delivery import KEPT_HEADERS
+from agent.delivery.client import KEPT_HEADERS
 from agent.intake.body import json_response
 
 log = structlog.get_logger("dodo_outbox.intake")

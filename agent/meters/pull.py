@@ -9,9 +9,9 @@ import httpx
 
 from agent import __version__
 from agent.config import Settings, read_api_key
+from agent.delivery.pacing import TokenBucket
 from agent.errors import ConfigError, DeliveryError
 from agent.meters.rules import Meter, meter_from_api
-from agent.pacing import TokenBucket
 
 PAGE_SIZE = 100
 MAX_PAGES = 1000

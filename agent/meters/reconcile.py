@@ -17,10 +17,10 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from agent.delivery.pacing import TokenBucket
 from agent.errors import DeliveryError
 from agent.meters.pull import MAX_PAGES, PAGE_SIZE, paced_get
 from agent.meters.rules import Meter
-from agent.pacing import TokenBucket
 from agent.store.preview import RangeRow
 from agent.timestamps import format_timestamp, parse_timestamp
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import anyio.to_thread
 
+from agent.delivery.pacing import TokenBucket
 from agent.errors import EventConflictError
 from agent.outbox import EnqueueResult
-from agent.pacing import TokenBucket
 from agent.templates._common import (
     ClosingIterable,
     Enqueuer,

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from agent.config import DropdirSettings
 from agent.intake.dropdir import DropDir
-from agent.intake.files import ParseProblem, Record, read_records
+from agent.intake.records import ParseProblem, Record, read_records
 from agent.outbox import Outbox
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))

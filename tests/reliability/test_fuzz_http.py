@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from agent import status as status_module
 from agent.config import HttpIntakeSettings
 from agent.intake.http import create_app
 from agent.intake.server import HttpServer
+from agent.ops import status as status_module
 from agent.outbox import Outbox
 
 MAX_BODY = 64 * 1024

@@ -29,16 +29,16 @@ import httpx
 import pytest
 
 from agent import config as config_module
-from agent import metrics
 from agent.config import DeliverySettings, DodoSettings, Settings
-from agent.delivery import DodoClient
+from agent.delivery.client import DodoClient
+from agent.delivery.worker import Worker
 from agent.emulator import EmulatorServer
 from agent.errors import OutboxCorruptError, OutboxError
 from agent.events import validate_many
+from agent.ops import metrics
 from agent.outbox import Outbox
 from agent.service import Agent
 from agent.store import Store, StoreOptions
-from agent.worker import Worker
 from tests.emulator_fixture import FakeDodoFactory
 from tests.reliability.helpers import (
     KEY,

@@ -1,7 +1,7 @@
 """A claimed batch, ready to send: the late-event policy applied, payloads spliced as stored.
 
-Pure apart from the clock value it is given: no I/O. ``agent.settle`` sends and settles what
-:func:`prepare` returns; ``agent.worker`` dead-letters the expired rows it hands back.
+Pure apart from the clock value it is given: no I/O. ``agent.delivery.settle`` sends and settles what
+:func:`prepare` returns; ``agent.delivery.worker`` dead-letters the expired rows it hands back.
 """
 
 from __future__ import annotations

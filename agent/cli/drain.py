@@ -13,10 +13,10 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agent import logs
-from agent.batching import DrainReport
 from agent.cli import common
-from agent.delivery import DodoClient
-from agent.worker import Worker
+from agent.delivery.batch import DrainReport
+from agent.delivery.client import DodoClient
+from agent.delivery.worker import Worker
 
 EXIT_PAUSED = 3
 """`drain`: delivery is paused (no key, a refused key, a wrong base URL); the reason is printed."""

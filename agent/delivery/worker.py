@@ -2,7 +2,7 @@
 
 ``drain_once`` releases expired leases, claims up to ``max_in_flight`` batches (oldest event time
 first), applies the late-event policy, sends the batches concurrently and settles every row (see
-``agent.settle`` for the rules). ``drain_until_idle`` repeats it while anything is due: the burst mode
+``settle`` for the rules). ``drain_until_idle`` repeats it while anything is due: the burst mode
 that the scheduler and ``dodo-outbox drain --once`` share.
 
 Delivery pauses on a configuration fault (no key, a refused key, a wrong base URL): no row is
@@ -22,14 +22,14 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from agent import metrics, status
-from agent.backoff import MAX_HINT_SECONDS, DestinationBackoff, Outcome
-from agent.batching import Batch, Counts, DrainReport, prepare
 from agent.config import ApiKey, Settings, read_api_key
-from agent.delivery import BODY_OVERHEAD, DodoClient, SendResult
+from agent.delivery.backoff import MAX_HINT_SECONDS, DestinationBackoff, Outcome
+from agent.delivery.batch import Batch, Counts, DrainReport, prepare
+from agent.delivery.client import BODY_OVERHEAD, DodoClient, SendResult
+from agent.delivery.pacing import TokenBucket
+from agent.delivery.settle import BatchRunner, log
 from agent.logs import add_secret
-from agent.pacing import TokenBucket
-from agent.settle import BatchRunner, log
+from agent.ops import metrics, status
 from agent.store import Claimed, Store
 
 US = 1_000_000

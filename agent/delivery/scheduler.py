@@ -22,7 +22,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent.config import Settings
-from agent.worker import Worker
+from agent.delivery.worker import Worker
 
 log = structlog.get_logger("dodo_outbox.scheduler")
 

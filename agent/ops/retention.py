@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent import metrics
 from agent.config import Settings
+from agent.ops import metrics
 from agent.store import Store
 
 log = structlog.get_logger("dodo_outbox.retention")

@@ -1,6 +1,6 @@
 """Send one claimed batch and settle every row of it: delivered, retried later, dead, or paused.
 
-The rules are ``agent.backoff``'s (:func:`~agent.backoff.classify`); this module carries them out:
+The rules are :func:`agent.delivery.backoff.classify`'s; this module carries them out:
 
 - 2xx: the rows are delivered; ``ingested_count`` below the batch size counts duplicates Dodo ignored.
 - 408/409/429/5xx/no answer: the rows go back to pending after a jittered exponential delay that
@@ -33,8 +33,8 @@ from typing import Protocol
 
 import structlog
 
-from agent import metrics
-from agent.backoff import (
+from agent.config import DeliverySettings
+from agent.delivery.backoff import (
     DestinationBackoff,
     Outcome,
     cap_delay_before_deadline,
@@ -45,10 +45,10 @@ from agent.backoff import (
     retry_after_from_headers,
     retry_delay,
 )
-from agent.batching import US, Batch, Counts
-from agent.config import DeliverySettings
-from agent.delivery import DodoClient, SendResult, build_body
-from agent.pacing import TokenBucket
+from agent.delivery.batch import US, Batch, Counts
+from agent.delivery.client import DodoClient, SendResult, build_body
+from agent.delivery.pacing import TokenBucket
+from agent.ops import metrics
 from agent.store import Claimed, Store
 
 log = structlog.get_logger("dodo_outbox.worker")

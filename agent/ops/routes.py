@@ -6,7 +6,7 @@ token is set they need `Authorization: Bearer <token>` (401 otherwise), like `/e
 `/metrics` stays open, as Prometheus scrapes expect: it holds counts and ages, never an event, an
 id or a key.
 
-    GET  /metrics                    the Prometheus text format (agent.metrics)
+    GET  /metrics                    the Prometheus text format (agent.ops.metrics)
     GET  /v1/dlq?reason=&since=&limit=&after=
                                      {"events": [record, ...], "total": n, "next_after": id | null}
     GET  /v1/dlq/{event_id}          one dead-lettered event's record; 404 when it is not dead
@@ -32,9 +32,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from agent import durations, metrics
+from agent import durations
 from agent.config import Settings
 from agent.errors import DodoOutboxError
+from agent.ops import metrics
 from agent.store import DeadFilter, Store
 
 MAX_PAGE = 1000
@@ -204,7 +205,7 @@ def ops_routes(
 
     `settings` gives the token (`[intake.http] token`) the `/v1/dlq` routes require and the window
     `restamp` uses. With `watch` (the default), `store`'s gauges (rows by state, backlog age, pause,
-    success ratios) are served from the metrics registry from now on (`agent.metrics.watch_store`).
+    success ratios) are served from the metrics registry from now on (`agent.ops.metrics.watch_store`).
     """
     if watch:
         metrics.watch_store(store, settings.outbox.max_events, clock)

@@ -3,7 +3,7 @@
 One :class:`DodoClient` holds one ``httpx.Client`` (keep-alive connection reuse; thread-safe, so every
 sender thread shares it). It never raises for what the network or Dodo does: every outcome, timeouts
 and refused connections included, is a :class:`SendResult`; deciding what the outcome means is
-``agent.backoff``'s job and acting on it ``agent.settle``'s.
+``agent.delivery.backoff``'s job and acting on it ``agent.delivery.settle``'s.
 
 The request body is spliced from the stored canonical JSON of each event (:func:`build_body`), never
 decoded and re-encoded: the bytes Dodo receives are the bytes the outbox stored.

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from agent.config import Settings
-from agent.meter_report import status_section
+from agent.meters.report import status_section
 from agent.store import Store, WindowRates
 
 PAUSE_KEY = "delivery_paused"
@@ -31,7 +31,7 @@ def build(store: Store, now: float | None = None, settings: Settings | None = No
     and success rates over the last 5 minutes and hour, the top dead-letter reasons and events
     delivered per minute over the last hour (oldest minute first). With `settings`, also
     `meter_checks`: the last hour's events that would not be billed, by reason and, for those no
-    meter counts, by event name (see agent/meter_report.py)."""
+    meter counts, by event name (see agent/meters/report.py)."""
     now = time.time() if now is None else now
     now_us = int(now * 1_000_000)
     counts = store.counts()

@@ -203,7 +203,7 @@ def record_http_refusal(code: str, message: str, problems: Sequence[Problem] = (
 
 
 def record_request(outcome: str, status: int | None, duration_s: float, batch_size: int) -> None:
-    """One request to Dodo: `outcome` is `agent.backoff.Outcome`'s value (`delivered`, `retry`, ...)."""
+    """One request to Dodo: `outcome` is `backoff.Outcome`'s value (`delivered`, `retry`, ...)."""
     REQUESTS.labels(outcome, status_class(status)).inc()
     REQUEST_DURATION.observe(max(0.0, duration_s))
     BATCH_SIZE.observe(batch_size)
@@ -287,7 +287,7 @@ class OutboxCollector(Collector):
         return [up, *found]
 
     def _families(self) -> list[Metric]:
-        from agent import status  # status imports the store; import late to keep this module light
+        from agent.ops import status  # status imports the store; import late to keep this module light
 
         store, now = self.store, self.clock()
         rows = _gauge("dodo_outbox_events", "Rows in the outbox by state.", ["state"])

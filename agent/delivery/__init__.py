@@ -1,0 +1,1 @@
+"""Delivery: claim a batch, send it to Dodo, settle every row (worker → batch → client → settle)."""
