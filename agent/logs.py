@@ -192,7 +192,13 @@ def set_level(level: str) -> None:
 
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:
-    """A structlog logger; ``name`` (e.g. ``__name__``) is added to every line as ``logger``."""
+    """A structlog logger; ``name`` is added to every line as ``logger``.
+
+    Call it as ``get_logger(__name__)``, one logger per module: a module name under ``agent.`` is logged
+    as ``dodo_outbox.<module>`` (``agent.delivery.worker`` → ``dodo_outbox.delivery.worker``).
+    """
+    if name is not None and (name == "agent" or name.startswith("agent.")):
+        name = "dodo_outbox" + name[len("agent") :]
     # The name travels as a logger-factory argument: "logger" cannot be an initial value.
     args = (name,) if name else ()
     return cast(FilteringBoundLogger, structlog.get_logger(*args))

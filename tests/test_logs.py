@@ -49,7 +49,7 @@ def test_json_is_one_object_per_line_with_event_level_timestamp() -> None:
     assert first["event"] == "batch_delivered"
     assert first["level"] == "info"
     assert first["count"] == 3
-    assert first["logger"] == "agent.delivery.worker"
+    assert first["logger"] == "dodo_outbox.delivery.worker"  # a module name under agent. reads dodo_outbox.
     assert first["note"] == "line one\nline two"
     stamp = datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00"))
     assert stamp.utcoffset() == timedelta(0)
