@@ -7,8 +7,9 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import orjson
@@ -49,8 +50,13 @@ def cli_run(*args: str, input: str | None = None) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def ids(records: list[object]) -> list[str]:
-    return [r.event_id for r in records]  # type: ignore[attr-defined]
+class HasEventId(Protocol):
+    @property
+    def event_id(self) -> str: ...
+
+
+def ids(records: Sequence[HasEventId]) -> list[str]:
+    return [r.event_id for r in records]
 
 
 def test_list_filters_and_pages(db: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import watchfiles.main
+from watchfiles._rust_notify import RustNotify
 
 from agent.config import DropdirSettings
 from agent.intake.dropdir import DropDir
@@ -317,7 +318,7 @@ def test_watcher_picks_a_file_up(
     # inotify, not the periodic scan, must find it: the scan interval is longer than any deadline here.
     spool, outbox = make_spool(scan_interval_seconds=3600)
     watching = threading.Event()
-    notify = watchfiles.main.RustNotify
+    notify = RustNotify  # the class watchfiles.main imported, and calls by that name
 
     def noting_when_watching(*args: Any, **kwargs: Any) -> Any:
         watcher = notify(*args, **kwargs)  # the inotify watch on new/ is in place once this returns

@@ -15,6 +15,7 @@ import pytest
 
 from agent import InvalidEventError, Outbox, config
 from agent.config import DropdirSettings, HttpIntakeSettings
+from agent.errors import ConfigError
 from agent.events import DODO_WINDOW_SECONDS, check_event
 from agent.intake.dropdir import DropDir
 from agent.intake.http import create_app
@@ -66,7 +67,7 @@ def test_the_key_takes_seconds_or_a_duration(tmp_path: Path) -> None:
         config.load(None, environ={"DODO_OUTBOX_INTAKE_MAX_EVENT_AGE": "3600"}).intake.max_event_age == 3600
     )
     path.write_text("[intake]\nmax_event_age = 'soon'\n")
-    with pytest.raises(config.ConfigError, match=r"\[intake\] max_event_age = 'soon' is not a duration"):
+    with pytest.raises(ConfigError, match=r"\[intake\] max_event_age = 'soon' is not a duration"):
         config.load(path, environ={})
 
 

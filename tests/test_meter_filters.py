@@ -257,7 +257,7 @@ def test_pulled_filters_are_cached_and_read_back() -> None:
     from agent.meters import meter_from_api, meter_from_row, meter_to_row
 
     spec = all_of(cond("model", "equals", "gpt-4o"))
-    item = {"id": "m1", "name": "tokens", "event_name": "llm.chat"}
+    item: dict[str, Any] = {"id": "m1", "name": "tokens", "event_name": "llm.chat"}
     item |= {"aggregation": {"type": "sum", "key": "n"}, "filter": spec}
     meter = meter_from_api(item)
     back = meter_from_row(meter_to_row(meter, 0, 1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import platform
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent import __version__
 from agent.config import DeliverySettings, DodoSettings, HttpIntakeSettings, Settings
 from agent.delivery.client import DodoClient
 from agent.delivery.worker import Worker
@@ -62,7 +64,7 @@ def test_names_follow_prometheus_conventions() -> None:
             if family.type == "counter" and not sample.name.endswith("_created"):
                 assert sample.name.endswith("_total"), sample.name
     text = metrics.render().decode()
-    assert 'dodo_outbox_build_info{python="' in text and f'version="{metrics.__version__}"' in text
+    assert 'dodo_outbox_build_info{python="' in text and f'version="{__version__}"' in text
 
 
 def test_record_functions_count_what_they_are_told() -> None:
@@ -155,8 +157,8 @@ def test_no_traffic_is_nan_and_an_unreadable_outbox_does_not_break_the_scrape(tm
         value(
             got,
             "dodo_outbox_build_info",
-            python=metrics.platform.python_version(),
-            version=metrics.__version__,
+            python=platform.python_version(),
+            version=__version__,
         )
         == 1
     )

@@ -150,7 +150,7 @@ def test_each_reason_for_an_id_on_one_side_only() -> None:
 
     meter = Meter("llm.chat", "sum", "n", "tokens", "mtr_t", TOKENS["filter"])
     window = (1_000_000, 2_000_000)
-    ok = {"model": "gpt-4o", "region": "eu", "n": 1}
+    ok: dict[str, Any] = {"model": "gpt-4o", "region": "eu", "n": 1}
 
     def row(
         event_id: str, state: str = "delivered", ts: int = 1_500_000, restamped: bool = False, **md: Any
@@ -175,7 +175,7 @@ def test_each_reason_for_an_id_on_one_side_only() -> None:
         f"many{i:03d}": {"event_name": "llm.chat", "timestamp": "1970-01-01T00:00:01.5Z"}
         for i in range(MAX_LOOKUPS + 1)
     }
-    listed = {k: {} for k in (*rows, "foreign")}
+    listed: dict[str, dict[str, Any]] = {k: {} for k in (*rows, "foreign")}
     Reconciler([meter], window).compare(
         comparison, listed, lambda ids: {i: rows[i] for i in ids if i in rows}, dodo_copies.get
     )

@@ -214,7 +214,11 @@ def test_track_llm_async_client_and_failures_never_raise(outbox: Outbox) -> None
     assert rows(outbox)[0]["metadata"]["inputTokens"] == 25
 
     before = FAILURES["llm"]
-    streamed = track_llm(lambda: iter(["chunk"]), outbox, customer_id="cus_1")
+
+    def stream() -> Iterator[str]:
+        return iter(["chunk"])
+
+    streamed = track_llm(stream, outbox, customer_id="cus_1")
     assert list(streamed()) == ["chunk"]  # no usage in a stream object: logged and counted, returned as is
     outbox.close()
     assert track_llm(lambda: GROQ, outbox, customer_id="c")() is GROQ  # a closed outbox does not raise

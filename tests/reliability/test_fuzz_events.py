@@ -32,7 +32,7 @@ FIELDS = ("event_id", "customer_id", "event_name")
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Any Unicode text but lone surrogates (not text: they cannot be encoded as UTF-8 or sent as JSON).
-chars = st.characters(exclude_categories=("Cs",))
+chars = st.characters(exclude_categories=["Cs"])
 
 
 def _no_spaces_around(text: str) -> bool:

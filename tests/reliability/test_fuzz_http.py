@@ -12,7 +12,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ class Endpoint:
     server: HttpServer
     outbox: Outbox
     client: httpx.Client
-    logs: list[dict[str, Any]]
+    logs: list[MutableMapping[str, Any]]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -55,7 +55,9 @@ class Endpoint:
 
     def post(self, body: bytes, content_type: str | None = "application/json") -> httpx.Response:
         # Bytes, so a header with non-ASCII characters is sent as is (latin-1), not refused by httpx.
-        headers = {} if content_type is None else {"Content-Type": content_type.encode("latin-1")}
+        headers: dict[bytes, bytes] = {}
+        if content_type is not None:
+            headers[b"Content-Type"] = content_type.encode("latin-1")
         return self.client.post("/events/ingest", content=body, headers=headers)
 
     def check(self, response: httpx.Response, before: int, events: int | None = None) -> None:
@@ -437,7 +439,7 @@ def test_concurrent_fuzzing_keeps_batches_atomic(endpoint: Endpoint) -> None:
     def post(thread: int) -> None:
         with httpx.Client(base_url=endpoint.server.url, timeout=10) as client:
             for i in range(25):
-                events = [
+                events: list[dict[str, Any]] = [
                     {"event_id": f"c{thread}-{i}-{j}", "customer_id": "c", "event_name": "n"}
                     for j in range(5)
                 ]

@@ -174,7 +174,11 @@ def test_401_for_a_long_stretch_dead_letters_nothing_and_resumes_when_the_key_fi
     acked: set[str] = set()
     for n in range(10):  # events keep coming while Dodo refuses the key
         acked |= send(agent, batch(f"auth{n}", 10, stamped=False))
-        wait_until(lambda n=n: fake.stats()["requests_by_status"].get("401", 0) > n, 60, "another 401 probe")
+
+        def probed(n: int = n) -> bool:
+            return int(fake.stats()["requests_by_status"].get("401", 0)) > n
+
+        wait_until(probed, 60, "another 401 probe")
     status = status_json(config)
     assert status["paused"] and "401" in (status["paused_reason"] or "")
     assert (status["dead"], status["delivered"], status["pending"] + status["inflight"]) == (0, 0, len(acked))
