@@ -16,12 +16,12 @@ import pytest
 
 dodopayments = pytest.importorskip("dodopayments")
 
-from agent.config import HttpIntakeSettings  # noqa: E402
-from agent.intake.http import create_app  # noqa: E402
-from agent.intake.server import HttpServer  # noqa: E402
-from agent.ops import status as status_module  # noqa: E402
-from agent.outbox import Outbox  # noqa: E402
-from agent.store import Store  # noqa: E402
+from agent.config import HttpIntakeSettings  # noqa: E402 (after importorskip)
+from agent.intake.http import create_app  # noqa: E402 (after importorskip)
+from agent.intake.server import HttpServer  # noqa: E402 (after importorskip)
+from agent.ops import status as status_module  # noqa: E402 (after importorskip)
+from agent.outbox import Outbox  # noqa: E402 (after importorskip)
+from agent.store import Store  # noqa: E402 (after importorskip)
 
 TOKEN = "agent-token-for-sdk"
 

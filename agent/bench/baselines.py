@@ -95,7 +95,7 @@ PEER_MISSING_NOTE = (
 def peer_installed() -> bool:
     """Whether persist-queue (the peer baseline, the `bench` extra) can be imported."""
     try:
-        import persistqueue  # noqa: F401
+        import persistqueue  # noqa: F401 (imported only to learn whether it is installed)
     except ImportError:
         return False
     return True
