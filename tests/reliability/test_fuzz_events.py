@@ -1,7 +1,7 @@
 """Property tests of event validation (Hypothesis): nothing valid is refused, nothing invalid is stored,
 every refusal names its field.
 
-"Valid" is defined here from the contract (shared/dodo-ingest-contract.md) by construction, not by
+"Valid" is defined here from the contract (docs/dodo-ingest-contract.md) by construction, not by
 calling the code under test; "invalid" is a valid event with one known defect at a known path. The
 emulator's independent reading of the contract is the second opinion: what the agent accepts, Dodo
 accepts (as sent: late events without their timestamp).
