@@ -96,3 +96,34 @@ def test_readme_has_exactly_two_fresh_machine_commands() -> None:
     assert len(blocks) == 2, "the quick start shows exactly two commands"
     ci = (ROOT / ".ci" / "run").read_text()
     assert blocks[1].strip() in ci, ".ci/run must run exactly the README's test command"
+
+
+def test_the_one_check_command_runs_what_ci_runs() -> None:
+    # CONTRIBUTING.md names `scripts/check` as the one command; it must not drift from CI or the README.
+    quick = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    test_command = re.findall(r"```(?:sh|bash)\n(.*?)```", quick, re.S)[1].strip()
+    check = (ROOT / "scripts" / "check").read_text()
+    assert test_command in check, "scripts/check must run exactly the README's test command"
+    assert ".venv/bin/mypy --strict agent tests" in check, "scripts/check type-checks agent and tests"
+    assert "scripts/check lint types" in (ROOT / ".ci" / "run").read_text(), (
+        ".ci/run must lint via scripts/check"
+    )
+    assert "`scripts/check`" in (ROOT / "CONTRIBUTING.md").read_text()
+
+
+def test_every_design_note_a_file_refers_to_is_in_the_repository() -> None:
+    # Docstrings and docs point at docs/*.md for rules that span modules; those notes must exist here.
+    sources = [
+        *ROOT.glob("agent/**/*.py"),
+        *ROOT.glob("tests/**/*.py"),
+        *ROOT.glob("*.md"),
+        *ROOT.glob("docs/*.md"),
+    ]
+    referred = {
+        (source.relative_to(ROOT), name)
+        for source in sources
+        for name in re.findall(r"\bdocs/([\w.-]+\.md)\b", source.read_text())
+    }
+    assert {name for _, name in referred} >= {"design.md", "dodo-ingest-contract.md"}
+    missing = sorted((str(source), name) for source, name in referred if not (ROOT / "docs" / name).is_file())
+    assert missing == [], f"these files refer to design notes that are not in docs/: {missing}"
