@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+from agent.timestamps import to_us
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
@@ -29,7 +31,7 @@ def parse_since(text: str, now: float) -> int:
     """A duration ago (`2h`: since two hours before `now`) or an ISO 8601 date-time (naive = UTC),
     as microseconds since the epoch. Raises ValueError."""
     try:
-        return int((now - parse_duration(text)) * 1_000_000)
+        return to_us(now - parse_duration(text))
     except ValueError:
         pass
     try:
@@ -38,4 +40,4 @@ def parse_since(text: str, now: float) -> int:
         raise ValueError(f"{text!r}: use a duration (2h, 7d) or a date-time (2026-01-31T12:00:00Z)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1_000_000)
+    return to_us(moment.timestamp())

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from agent.errors import InvalidEventError, Problem
-from agent.timestamps import canonical_timestamp, parse_timestamp, strip_timestamp
+from agent.timestamps import US, canonical_timestamp, parse_timestamp, strip_timestamp
 
 MAX_ID_LENGTH = 255
 """Longest `event_id`, `customer_id` and `event_name` accepted (Dodo documents no limit; this is ours)."""
@@ -305,7 +305,7 @@ def check_event(
 
     if problems or moment is None:
         return None, problems
-    ts_us = round(seconds * 1_000_000)
+    ts_us = round(seconds * US)
     timestamp = canonical_timestamp(moment, ts_us)
     document: dict[str, object] = {
         "customer_id": customer_id,

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import structlog
 import watchfiles
 
 from agent.config import DropdirSettings
@@ -37,10 +36,11 @@ from agent.errors import EventConflictError, OutboxError, OutboxFullError, Probl
 from agent.events import Event, check_event
 from agent.intake.records import ParseProblem, Record, read_records
 from agent.intake.spool import ErrorsFile, field_of, open_regular
+from agent.logs import get_logger
 from agent.ops import metrics
 from agent.outbox import Outbox
 
-log = structlog.get_logger("dodo_outbox.intake")
+log = get_logger(__name__)
 
 SUFFIXES = (".json", ".ndjson", ".jsonl")
 CHUNK_EVENTS = 1000

@@ -34,7 +34,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -52,10 +51,11 @@ from agent.errors import (
 )
 from agent.intake.body import Refusal, check_body, json_response, retry_headers, summary
 from agent.intake.readback import Readback
+from agent.logs import get_logger
 from agent.ops import metrics
 from agent.outbox import Outbox
 
-log = structlog.get_logger("dodo_outbox.intake")
+log = get_logger(__name__)
 
 INTAKE_THREADS = 128
 """Worker threads for ingest calls. anyio's default limiter (40) would cap how many requests share one

@@ -37,6 +37,7 @@ from agent.config import Settings
 from agent.errors import DodoOutboxError
 from agent.ops import metrics
 from agent.store import DeadFilter, Store
+from agent.timestamps import to_us
 
 MAX_PAGE = 1000
 MAX_IDS = 10_000
@@ -131,13 +132,13 @@ class OpsRoutes:
         cutoff = None
         if payload.get("restamp") is True:
             d = self.settings.delivery
-            cutoff = int((now - d.window_seconds + d.late_margin_seconds) * 1_000_000)
+            cutoff = to_us(now - d.window_seconds + d.late_margin_seconds)
         matched = self.store.count_dead(where)
         result: dict[str, Any] = {"matched": matched, "replayed": 0, "restamped": 0, "dry_run": dry_run}
         if dry_run:
             result["would_restamp"] = self.store.count_late(where, cutoff) if cutoff is not None else 0
             return result
-        for step in self.store.replay(where, int(now * 1_000_000), cutoff):
+        for step in self.store.replay(where, to_us(now), cutoff):
             result["replayed"] += step.moved
             result["restamped"] += step.restamped
         return result
@@ -153,7 +154,7 @@ class OpsRoutes:
         reason = payload.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise _Refused(400, "BAD_REQUEST", "reason: must be a string")
-        cutoff = int((self.clock() - seconds) * 1_000_000)
+        cutoff = to_us(self.clock() - seconds)
         matched = self.store.count_dead(DeadFilter(reason=reason, all=reason is None), older_than_us=cutoff)
         dry_run = payload.get("dry_run") is True
         purged = 0 if dry_run else self.store.purge_dead(cutoff, reason)
