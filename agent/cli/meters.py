@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -13,31 +12,23 @@ from urllib.parse import quote
 import click
 import orjson
 
+from agent import durations
 from agent.cli import common
 from agent.delivery.pacing import TokenBucket
 from agent.errors import ConfigError, DeliveryError
 from agent.meters import dodo_client, fetch_meters, known_meters, meter_to_row, paced_get
 from agent.meters.report import keys_by_name, report
-from agent.timestamps import parse_timestamp, to_us
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+from agent.timestamps import from_us, to_us
 
 
 def parse_since(text: str, now: float) -> float:
-    """`90s`, `30m`, `1h`, `2d` (or plain seconds) ago, or an ISO 8601 time: epoch seconds.
-
-    Raises click.BadParameter naming the value.
+    """`--since` as epoch seconds: a duration ago (`90s`, `30m`, `1h`, `2d`, plain seconds) or an
+    ISO 8601 time, read by `agent.durations.parse_since`. Raises click.BadParameter naming the value.
     """
-    match = _DURATION.match(text)
-    if match:
-        return now - float(match[1]) * _UNIT_SECONDS[match[2]]
     try:
-        return parse_timestamp(text).timestamp()
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is neither a duration (90s, 30m, 1h, 2d) nor an ISO 8601 time", param_hint="--since"
-        ) from None
+        return from_us(durations.parse_since(text, now))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
 
 
 def _iso(seconds: float) -> str:
