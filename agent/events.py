@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from agent.errors import InvalidEventError, Problem
-from agent.timestamps import US, canonical_timestamp, parse_timestamp, strip_timestamp
+from agent.timestamps import US, canonical_timestamp, parse_timestamp
 
 MAX_ID_LENGTH = 255
 """Longest `event_id`, `customer_id` and `event_name` accepted (Dodo documents no limit; this is ours)."""
@@ -68,10 +68,6 @@ class Event:
     stamped: bool
     late: bool
     warnings: tuple[Problem, ...] = ()
-
-    def payload_without_timestamp(self) -> str:
-        """The payload with its timestamp cut off (what a restamped event sends)."""
-        return strip_timestamp(self.payload)
 
 
 _EVENT_FIELDS = (
