@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from agent import __version__
 from agent.errors import Problem
 from agent.logs import get_logger
+from agent.ops.status import WINDOWS
 from agent.timestamps import from_us, to_us
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ REJECT_REASONS = ("schema", "invalid", "duplicate_in_request", "conflict", "too_
 REFUSAL_REASONS = ("max_events", "max_bytes", "disk_full")
 """Back-pressure: the outbox is full; nothing is stored and the producer retries later."""
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "none")
-WINDOWS = {"5m": 300, "1h": 3600}
 PAUSE_KINDS = ("auth", "no_key", "not_found")
 OTHER = "other"
 
