@@ -41,7 +41,7 @@ from agent.preflight import check_settings
 from agent.store import Store, StoreOptions
 from agent.store.salvage import quarantine
 
-log = logs.get_logger("dodo_outbox.service")
+log = logs.get_logger(__name__)
 
 DRY_RUN_KEY = "dry-run-key"
 RETENTION_INTERVAL_SECONDS = 300.0

@@ -24,8 +24,8 @@ from agent.meters import (
     MeterChecker,
     MeterIndex,
     Reason,
+    billing_findings,
     build_checker,
-    check_event,
     dodo_client,
     fetch_meters,
     known_meters,
@@ -60,7 +60,7 @@ def event(name: str, event_id: str = "e1", **metadata: Any) -> dict[str, Any]:
 
 
 def reasons(name: str, **metadata: Any) -> list[str]:
-    return [str(f.reason) for f in check_event(MeterIndex(METERS), name, metadata)]
+    return [str(f.reason) for f in billing_findings(MeterIndex(METERS), name, metadata)]
 
 
 # -- the rules ------------------------------------------------------------------------------------
@@ -78,11 +78,11 @@ def test_rules() -> None:
 
 def test_findings_say_what_was_meant_and_which_meter() -> None:
     index = MeterIndex(METERS)
-    [case] = check_event(index, "LLM.Chat_Completion", {})
+    [case] = billing_findings(index, "LLM.Chat_Completion", {})
     assert case.suggestion == "llm.chat_completion" and "probably meant 'llm.chat_completion'" in case.message
-    [typo] = check_event(index, "api.calls", {})
+    [typo] = billing_findings(index, "api.calls", {})
     assert typo.reason is Reason.NO_METER and typo.suggestion == "api.call" and "never bills" in typo.message
-    [string] = check_event(index, "llm.chat_completion", {"totalTokens": "150", "inputTokens": 1})
+    [string] = billing_findings(index, "llm.chat_completion", {"totalTokens": "150", "inputTokens": 1})
     assert string.meter == "Tokens" and string.key == "totalTokens" and "'150'" in string.message
 
 

@@ -19,7 +19,7 @@ from agent.meters.filters import ASSUMPTIONS as FILTER_ASSUMPTIONS
 from agent.meters.preview import Preview
 from agent.meters.reconcile import ASSUMPTIONS, Reconciler, dodo_meters, fetch_meter_events, read_back_event
 from agent.store import Store
-from agent.timestamps import parse_timestamp
+from agent.timestamps import parse_timestamp, to_us
 
 
 def resolve_range(since: str | None, start: str | None, until: str | None, now: float) -> tuple[float, float]:
@@ -62,10 +62,6 @@ def _meters_or_fail(settings: Settings, store: Store) -> list[Meter]:
             "no meters known: run `dodo-outbox meters pull`, or list them as [[meters]] in the config"
         )
     return meters
-
-
-def _us(seconds: float) -> int:
-    return int(seconds * 1_000_000)
 
 
 _RANGE_OPTIONS = [
@@ -119,7 +115,7 @@ def meters_preview(
     with common.open_store(config_path, outbox_path) as store:
         meters = _meters_or_fail(settings, store)
         preview = Preview(meters, shown=select_meters(meters, meter_name), customer=customer)
-        preview.add_rows(store.billable_rows(_us(begin), _us(end)))
+        preview.add_rows(store.billable_rows(to_us(begin), to_us(end)))
     document = preview.document(_iso(begin), _iso(end))
     if as_json:
         common.print_json(document)
@@ -191,7 +187,7 @@ def reconcile(
     """
     settings = common.load_settings(config_path)
     begin, end = resolve_range(since, start, until, time.time())
-    window = (_us(begin), _us(end))
+    window = (to_us(begin), to_us(end))
     with common.open_store(config_path, outbox_path) as store:
         chosen = select_meters(dodo_meters(_meters_or_fail(settings, store)), meter_name)
         if not chosen:

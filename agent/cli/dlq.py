@@ -23,6 +23,7 @@ from agent import durations
 from agent.cli import common
 from agent.config import Settings
 from agent.store import DeadFilter, EventRecord, Store
+from agent.timestamps import from_us, to_us
 
 FIX_ADVICE = (
     "Fix the events and enqueue them again with `dodo-outbox enqueue FILE`. A fixed event with a new "
@@ -104,7 +105,7 @@ def dlq_list(
             r.reason or "-",
             str(r.http_status or "-"),
             str(r.attempts),
-            common.human_age(None if r.settled_at_us is None else now - r.settled_at_us / 1e6),
+            common.human_age(None if r.settled_at_us is None else now - from_us(r.settled_at_us)),
             (r.response or "").replace("\n", " ")[:80],
         )
         for r in rows
@@ -229,7 +230,7 @@ def dlq_replay(
 
 def _restamp_cutoff(settings: Settings, now: float) -> int:
     d = settings.delivery
-    return int((now - d.window_seconds + d.late_margin_seconds) * 1_000_000)
+    return to_us(now - d.window_seconds + d.late_margin_seconds)
 
 
 def _replay_with_progress(
@@ -240,7 +241,7 @@ def _replay_with_progress(
     moved = restamped = 0
     with Progress(*columns, console=common.err, disable=not common.show_progress()) as progress:
         task = progress.add_task("replay", total=total)
-        for step in store.replay(where, int(now * 1_000_000), cutoff):
+        for step in store.replay(where, to_us(now), cutoff):
             moved += step.moved
             restamped += step.restamped
             progress.update(task, completed=moved)
@@ -310,7 +311,7 @@ def dlq_purge(
       dodo-outbox dlq purge --older-than 12h --reason rejected --yes
     """
     seconds = parse_duration(older_than)
-    cutoff = int((time.time() - seconds) * 1_000_000)
+    cutoff = to_us(time.time() - seconds)
     where = DeadFilter(reason=reason, all=reason is None)
     with common.open_store(config_path, outbox_path) as store:
         count = store.count_dead(where, older_than_us=cutoff)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -13,31 +12,23 @@ from urllib.parse import quote
 import click
 import orjson
 
+from agent import durations
 from agent.cli import common
 from agent.delivery.pacing import TokenBucket
 from agent.errors import ConfigError, DeliveryError
 from agent.meters import dodo_client, fetch_meters, known_meters, meter_to_row, paced_get
 from agent.meters.report import keys_by_name, report
-from agent.timestamps import parse_timestamp
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+from agent.timestamps import from_us, to_us
 
 
 def parse_since(text: str, now: float) -> float:
-    """`90s`, `30m`, `1h`, `2d` (or plain seconds) ago, or an ISO 8601 time: epoch seconds.
-
-    Raises click.BadParameter naming the value.
+    """`--since` as epoch seconds: a duration ago (`90s`, `30m`, `1h`, `2d`, plain seconds) or an
+    ISO 8601 time, read by `agent.durations.parse_since`. Raises click.BadParameter naming the value.
     """
-    match = _DURATION.match(text)
-    if match:
-        return now - float(match[1]) * _UNIT_SECONDS[match[2]]
     try:
-        return parse_timestamp(text).timestamp()
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is neither a duration (90s, 30m, 1h, 2d) nor an ISO 8601 time", param_hint="--since"
-        ) from None
+        return from_us(durations.parse_since(text, now))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
 
 
 def _iso(seconds: float) -> str:
@@ -82,7 +73,7 @@ def meters_pull(as_json: bool, create: bool, config_path: Path | None, outbox_pa
     common.check_creatable(settings, common.resolve_outbox_path(settings, outbox_path), outbox_path, create)
     with dodo_client(settings) as client:
         meters = fetch_meters(client, _bucket(config_path))
-    now_us = int(time.time() * 1_000_000)
+    now_us = to_us(time.time())
     with common.open_store(config_path, outbox_path, must_exist=False, create=create) as store:
         store.replace_meters([meter_to_row(m, i, now_us) for i, m in enumerate(meters)], now_us)
     if as_json:
@@ -126,7 +117,7 @@ def meters_check(since: str, as_json: bool, config_path: Path | None, outbox_pat
             raise ConfigError(
                 "no meters known: run `dodo-outbox meters pull`, or list them as [[meters]] in the config"
             )
-        stats = store.recent_events_by_name(int(start * 1_000_000), keys_by_name(meters))
+        stats = store.recent_events_by_name(to_us(start), keys_by_name(meters))
     entries = report(stats, meters)
     seen = {entry["event_name"] for entry in entries}
     idle = sorted({m.event_name for m in meters} - seen)
@@ -182,7 +173,7 @@ def verify(
     try:
         settings = common.load_settings(config_path)
         with common.open_store(config_path, outbox_path) as store:
-            chosen = store.delivered_sample(int(start * 1_000_000), sample)
+            chosen = store.delivered_sample(to_us(start), sample)
     except ConfigError as exc:  # a bad config or no outbox: still JSON with --json
         if not as_json:
             raise

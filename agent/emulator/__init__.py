@@ -1,6 +1,6 @@
 """A fake Dodo Payments ingestion API, for offline use and for every test of the project.
 
-It speaks Dodo's contract (/work/shared/dodo-ingest-contract.md) over real HTTP: ``POST /events/ingest``
+It speaks Dodo's contract (docs/dodo-ingest-contract.md) over real HTTP: ``POST /events/ingest``
 with its auth, limits, window, duplicate and idempotency rules, rate limit and error bodies; the
 read-back endpoints ``GET /events/{id}``, ``GET /events`` and ``GET /meters``; plus fault injection
 (errors, outages, latency, timeouts, dropped connections, lost acknowledgements) from Python or from an

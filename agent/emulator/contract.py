@@ -1,6 +1,6 @@
 """Validation of an ingest request body against Dodo's contract. Pure: no I/O, no clock of its own.
 
-This module is the emulator's reading of /work/shared/dodo-ingest-contract.md. It is deliberately
+This module is the emulator's reading of docs/dodo-ingest-contract.md. It is deliberately
 independent of ``agent.events`` (the agent's own validation): if both shared code, a bug in one would be
 hidden by the same bug in the other.
 

@@ -79,7 +79,8 @@ def is_schema_violation(raw: object) -> bool:
 def safe_check(
     raw: object, now: float, path: str, max_age: float = MAX_EVENT_AGE_SECONDS
 ) -> tuple[Event | None, list[Problem]]:
-    """`check_event`, with any crash on strange input turned into a problem (never a 500)."""
+    """`check_event`, with any crash on strange input turned into a problem: the HTTP intake answers
+    it (never a 500), the drop directory writes it to the errors file (never a stuck file)."""
     try:
         return check_event(raw, now, path, max_age)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:

@@ -29,18 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import structlog
 import watchfiles
 
 from agent.config import DropdirSettings
-from agent.errors import EventConflictError, OutboxError, OutboxFullError, Problem
-from agent.events import Event, check_event
+from agent.errors import EventConflictError, OutboxError, OutboxFullError
+from agent.events import Event
+from agent.intake.body import safe_check
 from agent.intake.records import ParseProblem, Record, read_records
 from agent.intake.spool import ErrorsFile, field_of, open_regular
+from agent.logs import get_logger
 from agent.ops import metrics
 from agent.outbox import Outbox
 
-log = structlog.get_logger("dodo_outbox.intake")
+log = get_logger(__name__)
 
 SUFFIXES = (".json", ".ndjson", ".jsonl")
 CHUNK_EVENTS = 1000
@@ -248,13 +249,7 @@ class DropDir:
         size = min(CHUNK_EVENTS, self.outbox.max_events or CHUNK_EVENTS)
         for record in self._records(stream, errors, ndjson):
             result.records += 1
-            try:
-                event, problems = check_event(record.value, now, "event", self.outbox.max_event_age)
-            except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-                event, problems = (
-                    None,
-                    [Problem("event", f"cannot be validated ({type(exc).__name__}: {exc})")],
-                )
+            event, problems = safe_check(record.value, now, "event", self.outbox.max_event_age)
             event_id = record.value.get("event_id") if isinstance(record.value, dict) else None
             shown_id = event_id if isinstance(event_id, str) else None
             for problem in problems:

@@ -25,7 +25,6 @@ Shutting down: set the `shutting_down` event given to `create_app` (or `app.stat
 from __future__ import annotations
 
 import asyncio
-import hmac
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,7 +33,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -50,12 +48,14 @@ from agent.errors import (
     OutboxFullError,
     Problem,
 )
+from agent.intake.auth import require_bearer
 from agent.intake.body import Refusal, check_body, json_response, retry_headers, summary
 from agent.intake.readback import Readback
+from agent.logs import get_logger
 from agent.ops import metrics
 from agent.outbox import Outbox
 
-log = structlog.get_logger("dodo_outbox.intake")
+log = get_logger(__name__)
 
 INTAKE_THREADS = 128
 """Worker threads for ingest calls. anyio's default limiter (40) would cap how many requests share one
@@ -93,19 +93,11 @@ class HttpIntake:
         return await anyio.to_thread.run_sync(func, limiter=self._limiter())
 
     def _authorize(self, request: Request) -> None:
-        if not self.settings.token:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), self.settings.token.encode()
-        ):
-            raise Refusal(
-                401,
-                "UNAUTHORIZED",
-                "missing or wrong bearer token: send Authorization: Bearer <[intake.http] token> "
-                "(with the official SDK, set its API key to the agent's token)",
-                headers={"WWW-Authenticate": 'Bearer realm="dodo-outbox"'},
-            )
+        require_bearer(
+            request,
+            self.settings.token,
+            hint=" (with the official SDK, set its API key to the agent's token)",
+        )
 
     async def _read_body(self, request: Request) -> bytes:
         """The whole body within max_body_bytes and the read timeout. Raises Refusal (413, 408, 400)."""

@@ -22,7 +22,6 @@ from urllib.parse import quote
 
 import anyio.to_thread
 import httpx
-import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -30,8 +29,9 @@ from agent import __version__
 from agent.config import Settings, read_api_key
 from agent.delivery.client import KEPT_HEADERS
 from agent.intake.body import json_response
+from agent.logs import get_logger
 
-log = structlog.get_logger("dodo_outbox.intake")
+log = get_logger(__name__)
 
 # Response headers of Dodo's that a client needs: the content type, and what the worker keeps too
 # (retry hints, rate-limit state), so the SDK's own retries and pacing see Dodo's.

@@ -12,7 +12,7 @@ from agent.config import Settings
 from agent.errors import InvalidEventError, Problem
 from agent.events import Event
 from agent.logs import get_logger
-from agent.meters.rules import Finding, Meter, MeterIndex, check_event, meter_from_row, meter_from_spec
+from agent.meters.rules import Finding, Meter, MeterIndex, billing_findings, meter_from_row, meter_from_spec
 from agent.store import Store
 
 log = get_logger(__name__)
@@ -89,7 +89,7 @@ class MeterChecker:
         problems: list[Problem] = []
         flagged: list[tuple[Event, Finding]] = []
         for position, event in enumerate(events):
-            for finding in check_event(index, event.event_name, event.metadata):
+            for finding in billing_findings(index, event.event_name, event.metadata):
                 where = f"events[{position}]." + (f"metadata.{finding.key}" if finding.key else "event_name")
                 problems.append(Problem(where, finding.message))
                 flagged.append((event, finding))

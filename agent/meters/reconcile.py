@@ -22,7 +22,7 @@ from agent.errors import DeliveryError
 from agent.meters.pull import MAX_PAGES, PAGE_SIZE, paced_get
 from agent.meters.rules import Meter
 from agent.store.preview import RangeRow
-from agent.timestamps import format_timestamp, parse_timestamp
+from agent.timestamps import format_timestamp, parse_timestamp, to_us
 
 MAX_LOOKUPS = 50
 """Ids delivered here that Dodo's meter does not list are each read back (GET /events/{id}) to tell
@@ -203,7 +203,7 @@ class Reconciler:
         if theirs.get("event_name") != meter.event_name:
             return "different_event"
         try:
-            us = int(parse_timestamp(theirs.get("timestamp")).timestamp() * 1_000_000)
+            us = to_us(parse_timestamp(theirs.get("timestamp")).timestamp())
         except ValueError:
             us = self.window[0]
         if not self.window[0] <= us < self.window[1]:

@@ -14,6 +14,7 @@ from agent.config import Settings
 from agent.meters import Finding, Meter, MeterIndex, Reason, check_name, known_meters, value_finding
 from agent.store import Store
 from agent.store.meters import NameStats
+from agent.timestamps import to_us
 
 
 def report(stats: Sequence[NameStats], meters: Sequence[Meter]) -> list[dict[str, Any]]:
@@ -93,7 +94,7 @@ def status_section(
     }
     if meters is None:
         return section
-    since_us = int((now - window_seconds) * 1_000_000)
+    since_us = to_us(now - window_seconds)
     warnings: Counter[str] = Counter()
     unmatched: dict[str, int] = {}
     for entry in report(store.recent_events_by_name(since_us, keys_by_name(meters)), meters):

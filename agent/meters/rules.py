@@ -185,7 +185,7 @@ def check_value(meter: Meter, event_name: str, metadata: Mapping[str, object]) -
     return None
 
 
-def check_event(index: MeterIndex, event_name: str, metadata: Mapping[str, object]) -> list[Finding]:
+def billing_findings(index: MeterIndex, event_name: str, metadata: Mapping[str, object]) -> list[Finding]:
     """Every reason one event would not be billed, by any meter of its name whose filter lets it
     through; empty when all of those count it (or every filter excludes it, on purpose)."""
     name_finding = check_name(index, event_name)

@@ -33,10 +33,15 @@ from prometheus_client.registry import Collector
 
 from agent import __version__
 from agent.errors import Problem
+from agent.logs import get_logger
+from agent.ops.status import WINDOWS
+from agent.timestamps import from_us, to_us
 
 if TYPE_CHECKING:
     from agent.outbox import EnqueueResult
     from agent.store import Store
+
+log = get_logger(__name__)
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 """The Content-Type of `render()`'s output (the classic text format every Prometheus reads)."""
@@ -47,7 +52,6 @@ REJECT_REASONS = ("schema", "invalid", "duplicate_in_request", "conflict", "too_
 REFUSAL_REASONS = ("max_events", "max_bytes", "disk_full")
 """Back-pressure: the outbox is full; nothing is stored and the producer retries later."""
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "none")
-WINDOWS = {"5m": 300, "1h": 3600}
 PAUSE_KINDS = ("auth", "no_key", "not_found")
 OTHER = "other"
 
@@ -239,7 +243,7 @@ def observe_latency(seconds: float) -> None:
 def observe_latencies(enqueued_at_us: Iterable[int], now: float) -> None:
     """Enqueue-to-delivered times of events delivered at `now` (epoch seconds)."""
     for enqueued in enqueued_at_us:
-        DELIVERY_LATENCY.observe(max(0.0, now - enqueued / 1_000_000))
+        DELIVERY_LATENCY.observe(max(0.0, now - from_us(enqueued)))
 
 
 def record_pruned(table: str, rows: int) -> None:
@@ -298,7 +302,7 @@ class OutboxCollector(Collector):
             "dodo_outbox_oldest_pending_age_seconds",
             "Age (by event time) of the oldest undelivered event; 0 when none. Dodo refuses > 3600.",
         )
-        age.add_metric([], 0.0 if oldest is None else max(0.0, now - oldest / 1e6))
+        age.add_metric([], 0.0 if oldest is None else max(0.0, now - from_us(oldest)))
         pause = status.read_pause(store)
         paused = _gauge("dodo_outbox_delivery_paused", "1 while delivery is paused, with why.", ["reason"])
         paused.add_metric([pause_label(pause)], 0 if pause is None else 1)
@@ -313,9 +317,7 @@ class OutboxCollector(Collector):
             "2xx requests / all requests to Dodo over the window; NaN when none were sent.",
             ["window"],
         )
-        for name, rates in zip(
-            WINDOWS, store.window_rates(int(now * 1e6), tuple(WINDOWS.values())), strict=True
-        ):
+        for name, rates in zip(WINDOWS, store.window_rates(to_us(now), tuple(WINDOWS.values())), strict=True):
             delivery.add_metric([name], _nan(rates.delivery_success_ratio))
             request.add_metric([name], _nan(rates.request_success_ratio))
         families += [delivery, request]
@@ -360,9 +362,7 @@ def pause_label(pause: dict[str, object] | None) -> str:
 
 
 def _log_failure(exc: BaseException) -> None:
-    import structlog
-
-    structlog.get_logger("dodo_outbox.metrics").warning("metrics_outbox_unreadable", error=str(exc))
+    log.warning("metrics_outbox_unreadable", error=str(exc))
 
 
 _watched: dict[str, OutboxCollector] = {}

@@ -18,16 +18,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import structlog
-
 from agent.config import Settings
+from agent.logs import get_logger
 from agent.ops import metrics
 from agent.store import Store
+from agent.timestamps import to_us
 
-log = structlog.get_logger("dodo_outbox.retention")
+log = get_logger(__name__)
 
 REQUEST_LOG_MIN_HOURS = 2.0
-US_PER_HOUR = 3_600_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +53,11 @@ def run_retention(
     write; the scheduler logs it and the next run continues where this one stopped.
     """
     started = time.monotonic()
-    now_us = int(now * 1_000_000)
+    now_us = to_us(now)
     hours = settings.outbox.delivered_retention_hours
     sizes = {} if chunk is None else {"chunk": chunk}
-    delivered = store.prune_delivered(now_us - int(hours * US_PER_HOUR), **sizes)
-    requests_cutoff = now_us - int(max(hours, REQUEST_LOG_MIN_HOURS) * US_PER_HOUR)
+    delivered = store.prune_delivered(now_us - to_us(hours * 3600), **sizes)
+    requests_cutoff = now_us - to_us(max(hours, REQUEST_LOG_MIN_HOURS) * 3600)
     requests = store.prune_requests(requests_cutoff, **sizes)
     freed = store.incremental_vacuum() if vacuum else 0
     report = RetentionReport(

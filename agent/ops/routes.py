@@ -21,7 +21,6 @@ Errors are `{"code", "message"}` with 400 (bad request), 401, 404 or 503 (outbox
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,24 +34,17 @@ from starlette.routing import BaseRoute, Route
 from agent import durations
 from agent.config import Settings
 from agent.errors import DodoOutboxError
+from agent.intake.auth import require_bearer
+from agent.intake.body import Refusal, json_response
 from agent.ops import metrics
 from agent.store import DeadFilter, Store
+from agent.timestamps import to_us
 
 MAX_PAGE = 1000
 MAX_IDS = 10_000
 """Event ids one replay request may name."""
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
 
 class OpsRoutes:
@@ -62,17 +54,7 @@ class OpsRoutes:
         self.store, self.settings, self.clock = store, settings, clock
 
     def _authorize(self, request: Request) -> None:
-        token = self.settings.intake_http.token
-        if not token:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise _Refused(
-                401,
-                "UNAUTHORIZED",
-                "missing or wrong bearer token: send Authorization: Bearer <[intake.http] token>",
-                {"WWW-Authenticate": 'Bearer realm="dodo-outbox"'},
-            )
+        require_bearer(request, self.settings.intake_http.token)
 
     def guarded(self, work: Callable[[Request, Any], dict[str, Any]], body: bool = False) -> Handler:
         """An endpoint: token check, JSON body (for POST), `work` in a thread, errors as JSON."""
@@ -85,17 +67,17 @@ class OpsRoutes:
                     try:
                         payload = orjson.loads(await request.body() or b"{}")
                     except orjson.JSONDecodeError:
-                        raise _Refused(400, "BAD_REQUEST", "the body is not JSON") from None
+                        raise Refusal(400, "BAD_REQUEST", "the body is not JSON") from None
                     if not isinstance(payload, dict):
-                        raise _Refused(400, "BAD_REQUEST", "the body must be a JSON object")
+                        raise Refusal(400, "BAD_REQUEST", "the body must be a JSON object")
                 result = await run_in_threadpool(work, request, payload)
-            except _Refused as refused:
-                return _json(
-                    refused.status, {"code": refused.code, "message": refused.message}, refused.headers
-                )
+            except Refusal as refused:
+                return refused.response()
             except DodoOutboxError as exc:
-                return _json(503, {"code": "OUTBOX_UNAVAILABLE", "message": f"the outbox failed: {exc}"})
-            return _json(200, result)
+                return json_response(
+                    503, {"code": "OUTBOX_UNAVAILABLE", "message": f"the outbox failed: {exc}"}
+                )
+            return json_response(200, result)
 
         return endpoint
 
@@ -121,7 +103,7 @@ class OpsRoutes:
         event_id = str(request.path_params["event_id"])
         record = self.store.get(event_id)
         if record is None or record.state != "dead":
-            raise _Refused(404, "NOT_FOUND", f"no dead-lettered event with event_id {event_id!r}")
+            raise Refusal(404, "NOT_FOUND", f"no dead-lettered event with event_id {event_id!r}")
         return record.as_document()
 
     def replay(self, _request: Request, payload: dict[str, Any]) -> dict[str, Any]:
@@ -131,13 +113,13 @@ class OpsRoutes:
         cutoff = None
         if payload.get("restamp") is True:
             d = self.settings.delivery
-            cutoff = int((now - d.window_seconds + d.late_margin_seconds) * 1_000_000)
+            cutoff = to_us(now - d.window_seconds + d.late_margin_seconds)
         matched = self.store.count_dead(where)
         result: dict[str, Any] = {"matched": matched, "replayed": 0, "restamped": 0, "dry_run": dry_run}
         if dry_run:
             result["would_restamp"] = self.store.count_late(where, cutoff) if cutoff is not None else 0
             return result
-        for step in self.store.replay(where, int(now * 1_000_000), cutoff):
+        for step in self.store.replay(where, to_us(now), cutoff):
             result["replayed"] += step.moved
             result["restamped"] += step.restamped
         return result
@@ -147,13 +129,13 @@ class OpsRoutes:
         try:
             seconds = float(older) if isinstance(older, int | float) else durations.parse_duration(str(older))
         except ValueError as exc:
-            raise _Refused(400, "BAD_REQUEST", f"older_than: {exc}") from None
+            raise Refusal(400, "BAD_REQUEST", f"older_than: {exc}") from None
         if older is None or isinstance(older, bool) or seconds < 0:
-            raise _Refused(400, "BAD_REQUEST", 'older_than: required, e.g. "7d" or a number of seconds')
+            raise Refusal(400, "BAD_REQUEST", 'older_than: required, e.g. "7d" or a number of seconds')
         reason = payload.get("reason")
         if reason is not None and not isinstance(reason, str):
-            raise _Refused(400, "BAD_REQUEST", "reason: must be a string")
-        cutoff = int((self.clock() - seconds) * 1_000_000)
+            raise Refusal(400, "BAD_REQUEST", "reason: must be a string")
+        cutoff = to_us(self.clock() - seconds)
         matched = self.store.count_dead(DeadFilter(reason=reason, all=reason is None), older_than_us=cutoff)
         dry_run = payload.get("dry_run") is True
         purged = 0 if dry_run else self.store.purge_dead(cutoff, reason)
@@ -164,7 +146,7 @@ def _int(text: str | None, default: int, name: str) -> int:
     if text is None or text == "":
         return default
     if not text.isdigit():
-        raise _Refused(400, "BAD_REQUEST", f"{name}: must be a whole number >= 0, not {text!r}")
+        raise Refusal(400, "BAD_REQUEST", f"{name}: must be a whole number >= 0, not {text!r}")
     return max(1, int(text)) if name == "limit" else int(text)
 
 
@@ -174,7 +156,7 @@ def _since(text: str | None, now: float) -> int | None:
     try:
         return durations.parse_since(text, now)
     except ValueError as exc:
-        raise _Refused(400, "BAD_REQUEST", f"since: {exc}") from None
+        raise Refusal(400, "BAD_REQUEST", f"since: {exc}") from None
 
 
 def _selection(payload: dict[str, Any]) -> DeadFilter:
@@ -182,18 +164,18 @@ def _selection(payload: dict[str, Any]) -> DeadFilter:
     ids, reason, every = payload.get("event_ids"), payload.get("reason"), payload.get("all") is True
     chosen = sum((ids is not None, reason is not None, every))
     if chosen != 1:
-        raise _Refused(
+        raise Refusal(
             400, "BAD_REQUEST", 'choose the events: {"event_ids": [...]}, {"reason": ...} or {"all": true}'
         )
     if ids is not None:
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-            raise _Refused(400, "BAD_REQUEST", "event_ids: must be a non-empty list of strings")
+            raise Refusal(400, "BAD_REQUEST", "event_ids: must be a non-empty list of strings")
         if len(ids) > MAX_IDS:
-            raise _Refused(400, "BAD_REQUEST", f"event_ids: at most {MAX_IDS} per request")
+            raise Refusal(400, "BAD_REQUEST", f"event_ids: at most {MAX_IDS} per request")
         return DeadFilter(event_ids=tuple(dict.fromkeys(ids)))
     if reason is not None:
         if not isinstance(reason, str):
-            raise _Refused(400, "BAD_REQUEST", "reason: must be a string")
+            raise Refusal(400, "BAD_REQUEST", "reason: must be a string")
         return DeadFilter(reason=reason)
     return DeadFilter(all=True)
 

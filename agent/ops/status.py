@@ -17,6 +17,7 @@ from typing import Any
 from agent.config import Settings
 from agent.meters.report import status_section
 from agent.store import Store, WindowRates
+from agent.timestamps import from_us, to_us
 
 PAUSE_KEY = "delivery_paused"
 WINDOWS: dict[str, int] = {"5m": 300, "1h": 3600}
@@ -26,6 +27,11 @@ DEFAULT_MAX_BACKLOG_AGE = 1800.0
 """`status --check` fails past 30 minutes: well before Dodo refuses events older than 1 hour."""
 
 
+def _age_seconds(now: float, since_us: int | None) -> float | None:
+    """Seconds from `since_us` to `now`, to the millisecond; None when there is no such row."""
+    return None if since_us is None else round(max(0.0, now - from_us(since_us)), 3)
+
+
 def build(store: Store, now: float | None = None, settings: Settings | None = None) -> dict[str, Any]:
     """Counts by state, the age of the oldest undelivered event, whether delivery is paused, delivery
     and success rates over the last 5 minutes and hour, the top dead-letter reasons and events
@@ -33,7 +39,7 @@ def build(store: Store, now: float | None = None, settings: Settings | None = No
     `meter_checks`: the last hour's events that would not be billed, by reason and, for those no
     meter counts, by event name (see agent/meters/report.py)."""
     now = time.time() if now is None else now
-    now_us = int(now * 1_000_000)
+    now_us = to_us(now)
     counts = store.counts()
     oldest = store.oldest_pending_ts_us()
     waiting = store.oldest_pending_enqueued_us()
@@ -43,8 +49,8 @@ def build(store: Store, now: float | None = None, settings: Settings | None = No
         "outbox": str(store.path),
         **counts,
         "total": sum(counts.values()),
-        "oldest_pending_age_seconds": None if oldest is None else round(max(0.0, now - oldest / 1e6), 3),
-        "oldest_pending_wait_seconds": None if waiting is None else round(max(0.0, now - waiting / 1e6), 3),
+        "oldest_pending_age_seconds": _age_seconds(now, oldest),
+        "oldest_pending_wait_seconds": _age_seconds(now, waiting),
         "paused": paused is not None,
         "paused_reason": None if paused is None else paused.get("reason"),
         "paused_since": None if paused is None else paused.get("since"),
@@ -125,4 +131,4 @@ def write_pause(store: Store, reason: str | None, now: float, kind: str | None =
     if kind is not None:
         record["kind"] = kind
     value = "" if reason is None else json.dumps(record)
-    store.kv_set(PAUSE_KEY, value, int(now * 1_000_000))
+    store.kv_set(PAUSE_KEY, value, to_us(now))

@@ -25,7 +25,7 @@ from agent.errors import DodoOutboxError
 from agent.logs import get_logger
 from agent.outbox import EnqueueResult
 
-log = get_logger("agent.templates")
+log = get_logger(__name__)
 
 Metadata = Mapping[str, str | int | float | bool]
 

@@ -1,7 +1,6 @@
-"""Typed settings from a TOML file plus environment overrides, validated once at start.
+"""Loading the settings: a TOML file plus environment overrides, validated once at start.
 
-Every error names the key, the bad value and what is allowed. Section and key names are a public
-contract (users' units and scripts depend on them): add keys, never rename them.
+Every error names the key, the bad value and what is allowed.
 
 Environment overrides: `DODO_OUTBOX_<SECTION>_<KEY>`, with dots in the section written as `_`, e.g.
 `DODO_OUTBOX_DELIVERY_BATCH_MAX_EVENTS=500` or `DODO_OUTBOX_INTAKE_HTTP_LISTEN=0.0.0.0:8790`.
@@ -19,165 +18,23 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from agent.config.settings import (
+    METER_AGGREGATIONS,
+    SECTIONS,
+    MeterSpec,
+    Settings,
+)
 from agent.durations import parse_duration
 from agent.errors import ConfigError
 
-ENVIRONMENTS = {"test_mode": "https://test.dodopayments.com", "live_mode": "https://live.dodopayments.com"}
-CREDENTIAL_NAME = "dodo_api_key"
 ENV_PREFIX = "DODO_OUTBOX_"
 OTHER_ENV = frozenset({"DODO_OUTBOX_CONFIG", "DODO_OUTBOX_CHAOS", "DODO_OUTBOX_CHAOS_SEED"})
 """`DODO_OUTBOX_*` variables that are not settings overrides: the config file path and the test
 suite's chaos-run knobs (tests/reliability/test_chaos.py). Any other unknown one gets a warning."""
-
-
-def _opt(
-    default: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    choices: tuple[str, ...] | None = None,
-    secret: bool = False,
-    url: bool = False,
-    duration: bool = False,
-) -> Any:
-    meta = {"low": low, "high": high, "choices": choices, "secret": secret, "url": url, "duration": duration}
-    return field(default=default, metadata=meta)
-
-
-@dataclass(frozen=True)
-class DodoSettings:
-    environment: str = _opt("test_mode", choices=tuple(ENVIRONMENTS))
-    base_url: str = _opt("", url=True)
-    api_key_file: str = _opt("")
-
-    @property
-    def url(self) -> str:
-        """Where events go: base_url when set, otherwise the environment's URL."""
-        return (self.base_url or ENVIRONMENTS[self.environment]).rstrip("/")
-
-
-@dataclass(frozen=True)
-class OutboxSettings:
-    path: str = _opt("")
-    synchronous: str = _opt("full", choices=("full", "normal"))
-    max_events: int = _opt(1_000_000, low=1)
-    max_bytes: int = _opt(0, low=0)
-    delivered_retention_hours: float = _opt(168.0, low=0)
-
-
-@dataclass(frozen=True)
-class DeliverySettings:
-    batch_max_events: int = _opt(1000, low=1, high=1000)
-    batch_max_bytes: int = _opt(1_000_000, low=1024)
-    interval_seconds: float = _opt(1.0, low=0.01)
-    max_in_flight: int = _opt(2, low=1, high=64)
-    requests_per_minute: float = _opt(240.0, low=0)
-    burst: int = _opt(40, low=1)
-    backoff_initial_seconds: float = _opt(1.0, low=0.001)
-    backoff_max_seconds: float = _opt(300.0, low=0.001)
-    timeout_seconds: float = _opt(30.0, low=0.1)
-    late_events: str = _opt("restamp", choices=("restamp", "dead_letter"))
-    late_margin_seconds: float = _opt(300.0, low=0)
-    lease_seconds: float = _opt(120.0, low=1)
-    auth_retry_seconds: float = _opt(60.0, low=0.01)
-    window_seconds: float = _opt(3600.0, low=1)
-
-
-@dataclass(frozen=True)
-class IntakeSettings:
-    """`[intake]`: rules every intake applies (library, HTTP, drop directory, CLI)."""
-
-    # Seconds, or a duration string ("24h", "2d"). Older timestamps are refused; restamped at delivery
-    # they would be billed in the current period.
-    max_event_age: float = _opt(86400.0, low=1, duration=True)
-
-
-@dataclass(frozen=True)
-class HttpIntakeSettings:
-    enabled: bool = _opt(True)
-    listen: str = _opt("127.0.0.1:8790")
-    token: str = _opt("", secret=True)
-    max_body_bytes: int = _opt(5_000_000, low=1024)
-    read_timeout_seconds: float = _opt(30.0, low=0.1)
-
-
-@dataclass(frozen=True)
-class DropdirSettings:
-    enabled: bool = _opt(False)
-    path: str = _opt("spool")
-    scan_interval_seconds: float = _opt(5.0, low=0.05)
-    done_retention_hours: float = _opt(24.0, low=0)
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    format: str = _opt("auto", choices=("auto", "json", "console"))
-    level: str = _opt("info", choices=("debug", "info", "warning", "error"))
-
-
-@dataclass(frozen=True)
-class MeterCheckSettings:
-    enabled: bool = _opt(True)
-    strict_meters: bool = _opt(False)
-    warn_interval_seconds: float = _opt(60.0, low=0)
-
-
-METER_AGGREGATIONS = ("count", "sum", "max", "last")
-
-
-@dataclass(frozen=True)
-class MeterSpec:
-    """One `[[meters]]` table: a meter known offline (what `GET /meters` would return)."""
-
-    event_name: str
-    aggregation: str
-    key: str | None = None
-    name: str | None = None
-    filter: Mapping[str, Any] | None = None
-    """The meter's filter in Dodo's shape, already checked (see agent/meters/filters.py)."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    dodo: DodoSettings = field(default_factory=DodoSettings)
-    outbox: OutboxSettings = field(default_factory=OutboxSettings)
-    delivery: DeliverySettings = field(default_factory=DeliverySettings)
-    intake: IntakeSettings = field(default_factory=IntakeSettings)
-    intake_http: HttpIntakeSettings = field(default_factory=HttpIntakeSettings)
-    intake_dropdir: DropdirSettings = field(default_factory=DropdirSettings)
-    log: LogSettings = field(default_factory=LogSettings)
-    meter_checks: MeterCheckSettings = field(default_factory=MeterCheckSettings)
-    meters: tuple[MeterSpec, ...] = ()
-    source: str = "defaults"
-    warnings: tuple[str, ...] = ()
-    """Problems that do not stop the agent (an unknown DODO_OUTBOX_* variable); the CLI prints them."""
-
-    @property
-    def outbox_path(self) -> Path:
-        """The outbox file; under systemd's $STATE_DIRECTORY when no path is set."""
-        return Path(self.outbox.path) if self.outbox.path else default_outbox_path(os.environ)
-
-
-SECTIONS: dict[str, str] = {
-    "dodo": "dodo",
-    "outbox": "outbox",
-    "delivery": "delivery",
-    "intake": "intake",
-    "intake.http": "intake_http",
-    "intake.dropdir": "intake_dropdir",
-    "log": "log",
-    "meter_checks": "meter_checks",
-}
-
-
-def default_outbox_path(environ: Mapping[str, str]) -> Path:
-    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return Path(state) / "outbox.db" if state else Path("dodo-outbox.db")
 
 
 def _coerce(where: str, value: Any, f: dataclasses.Field[Any], from_env: bool) -> Any:
@@ -408,55 +265,3 @@ def _flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, dict[st
             tables[name] = plain
         tables.update(_flatten(nested, f"{name}."))
     return tables
-
-
-class ApiKey(str):
-    """The Dodo API key. Its repr never shows it."""
-
-    def __repr__(self) -> str:
-        return "ApiKey('***')"
-
-
-def read_api_key(settings: Settings, environ: Mapping[str, str] | None = None) -> tuple[ApiKey | None, str]:
-    """The API key and where it came from, read fresh each call (so a fixed key applies at once).
-
-    Order: `[dodo] api_key_file`, `$CREDENTIALS_DIRECTORY/dodo_api_key` (systemd LoadCredential),
-    `DODO_PAYMENTS_API_KEY`. Returns (None, explanation) when none is usable. Never logs the key.
-    """
-    environ = os.environ if environ is None else environ
-    candidates: list[Path] = []
-    if settings.dodo.api_key_file:
-        candidates.append(Path(settings.dodo.api_key_file))
-    if environ.get("CREDENTIALS_DIRECTORY"):
-        candidates.append(Path(environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME)
-    for candidate in candidates:
-        try:
-            text = candidate.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            if candidate == Path(settings.dodo.api_key_file or "\0"):
-                return None, f"[dodo] api_key_file {candidate} cannot be read ({exc.strerror})"
-            continue
-        if text:
-            return ApiKey(text), str(candidate)
-        return None, f"the key file {candidate} is empty"
-    value = environ.get("DODO_PAYMENTS_API_KEY", "").strip()
-    if value:
-        return ApiKey(value), "DODO_PAYMENTS_API_KEY"
-    return None, (
-        "no API key: set [dodo] api_key_file, the systemd credential dodo_api_key, or DODO_PAYMENTS_API_KEY"
-    )
-
-
-def describe(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The effective settings as plain data, secrets redacted (for `config check`)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, attr in SECTIONS.items():
-        section = getattr(settings, attr)
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(section):
-            value = getattr(section, f.name)
-            values[f.name] = "***" if f.metadata.get("secret") and value else value
-        out[name] = values
-    out["outbox"]["path"] = str(settings.outbox_path)
-    out["dodo"]["url"] = settings.dodo.url
-    return out
