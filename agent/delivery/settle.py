@@ -16,11 +16,15 @@ The rules are :func:`agent.delivery.backoff.classify`'s; this module carries the
     went through, the right half must hold the offender, so it is split without being sent whole:
     k poison events among n cost about 1.2·k·log2(n) extra requests, never n.
   Once the destination breaker opens mid-way, the parts not yet sent go back to pending for later.
-- 401/403/404: the rows go back to pending with the attempt refunded, and the gate (the worker) pauses
-  delivery; the rest of the batch is not sent while paused.
+- 401/403/404: the rows go back to pending with the attempt refunded, and the shared
+  :class:`~agent.delivery.pause.Pause` pauses delivery; the rest of the batch is not sent while paused.
+- Rows expired before sending (late under ``late_events = dead_letter``, set aside by
+  :func:`agent.delivery.batch.prepare`) are dead-lettered as ``expired`` before the batch is sent.
+  Every dead-lettering goes through one method and one ``events_dead_lettered`` log line.
 
-One :class:`BatchRunner` is shared by the sender threads of a worker; each :meth:`BatchRunner.run`
-call handles one batch in the calling thread.
+Data flows one way: every answer goes to the breaker, the token bucket and the pause; nothing here
+reaches back into the worker. One :class:`BatchRunner` is shared by the sender threads of a worker;
+each :meth:`BatchRunner.run` call handles one batch in the calling thread.
 """
 
 from __future__ import annotations
@@ -29,9 +33,8 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
-
-import structlog
+from dataclasses import dataclass
+from typing import Any
 
 from agent.config import DeliverySettings
 from agent.delivery.backoff import (
@@ -45,13 +48,16 @@ from agent.delivery.backoff import (
     retry_after_from_headers,
     retry_delay,
 )
-from agent.delivery.batch import US, Batch, Counts
+from agent.delivery.batch import Batch, Counts
 from agent.delivery.client import DodoClient, SendResult, build_body
 from agent.delivery.pacing import TokenBucket
+from agent.delivery.pause import Pause
+from agent.logs import get_logger
 from agent.ops import metrics
 from agent.store import Claimed, Store
+from agent.timestamps import from_us, to_us
 
-log = structlog.get_logger("dodo_outbox.worker")
+log = get_logger(__name__)
 
 # "events[36].metadata.note: ..." in a refusal: the position of the offending event in the request.
 _POSITION = re.compile(r"\bevents\[(\d+)\]")
@@ -59,16 +65,21 @@ _POSITION = re.compile(r"\bevents\[(\d+)\]")
 _FINAL = (Outcome.DELIVERED, Outcome.RETRY, Outcome.REJECT, Outcome.TOO_LARGE)
 
 
-class Gate(Protocol):
-    """The worker's pause switch, as the sender threads see it."""
+@dataclass
+class _Run:
+    """One :meth:`BatchRunner.run`: what every request and every settle of its batch needs."""
 
-    def blocked(self) -> bool:
-        """True while delivery is paused: send nothing more."""
-        ...
+    batch: Batch
+    key: str
+    now: Callable[[], float]
+    """Epoch seconds."""
+    stop: threading.Event
+    """Set: shutting down; parts not yet sent go back to pending, attempt refunded."""
+    probe: bool
+    """The next request goes out even while paused (the pause's probe); only the run's first can."""
 
-    def observe(self, outcome: Outcome, result: SendResult, now: float) -> None:
-        """Every answer passes here: a 401/403/404 pauses delivery, a proof of life resumes it."""
-        ...
+    def __repr__(self) -> str:  # never the key
+        return f"_Run(batch_id={self.batch.batch_id!r}, probe={self.probe})"
 
 
 class BatchRunner:
@@ -83,7 +94,7 @@ class BatchRunner:
         owner: str,
         pacer: TokenBucket,
         breaker: DestinationBackoff,
-        gate: Gate,
+        pause: Pause,
         rand: Callable[[], float],
     ) -> None:
         self.store = store
@@ -92,7 +103,7 @@ class BatchRunner:
         self.owner = owner
         self.pacer = pacer
         self.breaker = breaker
-        self.gate = gate
+        self.pause = pause
         self.rand = rand
         self.use_hints = True
         """Use the offender's position when a refusal names it (``events[36]...``); else bisect."""
@@ -100,30 +111,35 @@ class BatchRunner:
     def run(
         self, batch: Batch, key: str, now: Callable[[], float], stop: threading.Event, probe: bool = False
     ) -> Counts:
-        """Send ``batch`` (bisecting or splitting as answers require) and settle every row.
+        """Dead-letter ``batch.expired``, send ``batch`` (bisecting or splitting as answers require)
+        and settle every row.
 
         ``now`` gives epoch seconds; ``stop`` set means shutting down: parts not yet sent go back to
-        pending, attempt refunded. ``probe``: send the first request even while the gate is blocked
-        (the worker's paused-delivery probe). Returns the counts; raises only store errors.
+        pending, attempt refunded. ``probe``: send the first request even while delivery is paused
+        (the pause's probe). Returns the counts; raises only store errors.
         """
+        run = _Run(batch, key, now, stop, probe)
+        if batch.expired:
+            s = self.settings
+            self._dead_letter(
+                batch,
+                batch.expired,
+                "",
+                "expired",
+                now(),
+                f"the event time is older than Dodo's window ({s.window_seconds:g} s) minus the margin "
+                f"({s.late_margin_seconds:g} s); [delivery] late_events = dead_letter",
+            )
         if batch.rows:
-            self._part(batch, 0, len(batch.rows), "", None, key, now, stop, probe)
+            self._part(run, 0, len(batch.rows), "", None)
         return batch.counts
 
-    def _send(
-        self,
-        b: Batch,
-        lo: int,
-        hi: int,
-        path: str,
-        key: str,
-        now: Callable[[], float],
-        stop: threading.Event,
-        probe: bool,
-    ) -> tuple[SendResult, Outcome] | None:
+    def _send(self, run: _Run, lo: int, hi: int, path: str) -> tuple[SendResult, Outcome] | None:
         """One request for rows ``[lo, hi)``, unless delivery is paused, the destination failing or
         the worker stopping: then the rows go back to pending (refunded) and None is returned."""
-        if not probe and self.gate.blocked():
+        b, now = run.batch, run.now
+        probe, run.probe = run.probe, False
+        if not probe and self.pause.blocked():
             self._refund(b, lo, hi, "delivery paused", now())
             return None
         retry_at = self.breaker.retry_at
@@ -132,37 +148,27 @@ class BatchRunner:
             # sent again, whole, when the breaker lets requests through.
             self._refund(b, lo, hi, "the destination is failing; bisection resumes later", retry_at)
             return None
-        if stop.is_set() or not self.pacer.acquire(time.monotonic, stop.wait):
+        if run.stop.is_set() or not self.pacer.acquire(time.monotonic, run.stop.wait):
             self._refund(b, lo, hi, "stopped before sending", now())
             return None
-        result = self.client.send(build_body(b.payloads[lo:hi]), key)
+        result = self.client.send(build_body(b.payloads[lo:hi]), run.key)
         b.counts.sent += 1
         outcome = classify(result.status, hi - lo)
         self._observe(outcome, result, now())
         return result, outcome
 
-    def _part(
-        self,
-        b: Batch,
-        lo: int,
-        hi: int,
-        path: str,
-        inferred: SendResult | None,
-        key: str,
-        now: Callable[[], float],
-        stop: threading.Event,
-        probe: bool = False,
-    ) -> Outcome | None:
-        """Send rows ``[lo, hi)`` of ``b`` and settle them; returns the outcome (None: not sent).
+    def _part(self, run: _Run, lo: int, hi: int, path: str, inferred: SendResult | None) -> Outcome | None:
+        """Send rows ``[lo, hi)`` of the run's batch and settle them; returns the outcome (None: not sent).
 
         ``inferred`` is a refusal of a larger request when this part is known to hold an offender:
         it is split without being sent whole.
         """
+        b, now = run.batch, run.now
         first: Outcome | None = None
         while lo < hi:  # a loop, not recursion, for the "rest" after each isolated offender
             n = hi - lo
             if inferred is None:
-                sent = self._send(b, lo, hi, path, key, now, stop, probe)
+                sent = self._send(run, lo, hi, path)
                 if sent is None:
                     return first
                 result, outcome = sent
@@ -195,15 +201,15 @@ class BatchRunner:
                 # A wrong hint costs nothing: the event goes through alone, and the rest (which
                 # must then hold the offender) is bisected without being re-sent whole.
                 b.swap(lo, lo + hint)
-                alone = self._part(b, lo, lo + 1, path + "s", None, key, now, stop)
-                lo, path, probe = lo + 1, path + "r", False
+                alone = self._part(run, lo, lo + 1, path + "s", None)
+                lo, path = lo + 1, path + "r"
                 inferred = result if alone is Outcome.DELIVERED and hi - lo > 1 else None
                 continue
             # Halve. Each half may itself be delivered, retried, halved again or dead.
             mid = lo + n // 2
-            left = self._part(b, lo, mid, path + "0", None, key, now, stop)
+            left = self._part(run, lo, mid, path + "0", None)
             knows_right_bad = outcome is Outcome.BISECT and left is Outcome.DELIVERED and hi - mid > 1
-            self._part(b, mid, hi, path + "1", result if knows_right_bad else None, key, now, stop)
+            self._part(run, mid, hi, path + "1", result if knows_right_bad else None)
             return first
         return first
 
@@ -216,28 +222,27 @@ class BatchRunner:
         return position if 0 <= position < n else None
 
     def _observe(self, outcome: Outcome, result: SendResult, now: float) -> None:
-        """Feed the breaker, the token bucket and the gate with one answer."""
+        """Feed the breaker, the token bucket and the pause with one answer."""
         if outcome is Outcome.RETRY:
-            pass  # the breaker hears of it in _retry, with the delay chosen there
+            pass  # the breaker hears of it in _retry_delay, with the delay chosen there
         elif outcome in (Outcome.PAUSE_AUTH, Outcome.PAUSE_NOT_FOUND):
             self.breaker.end_probe()
         else:
             self.breaker.on_success()
             if outcome is Outcome.DELIVERED:
                 self.pacer.on_success()
-        self.gate.observe(outcome, result, now)
+        self.pause.observe(outcome, result, now)
 
     def _settle(
         self, b: Batch, lo: int, hi: int, path: str, outcome: Outcome, result: SendResult, now: float
     ) -> None:
         rows = b.rows[lo:hi]
         ids = [row.id for row in rows]
-        now_us = int(now * US)
         duration_ms = round(result.duration * 1000, 1)
         common = {"batch_id": b.batch_id, "part": path or "-", "events": len(ids), "status": result.status}
         if outcome is Outcome.DELIVERED:
             restamped = [i for i in ids if i in b.restamped] if b.restamped else []
-            moved = self.store.mark_delivered(ids, self.owner, now_us, restamped)
+            moved = self.store.mark_delivered(ids, self.owner, to_us(now), restamped)
             duplicates = 0
             if result.ingested_count is not None and result.ingested_count < len(ids):
                 duplicates = len(ids) - result.ingested_count
@@ -259,7 +264,7 @@ class BatchRunner:
         elif outcome is Outcome.RETRY:
             delay = self._retry_delay(b, rows, result, now)
             moved = self.store.mark_retry(
-                ids, self.owner, int((now + delay) * US), _error_text(result), refund=False
+                ids, self.owner, to_us(now + delay), _error_text(result), refund=False
             )
             b.counts.retried += moved
             metrics.record_settled(retried=moved)
@@ -275,20 +280,44 @@ class BatchRunner:
             )
         else:
             status = result.status if result.status is not None else 0
-            reason = dead_reason(status)
-            moved = self.store.mark_dead(ids, self.owner, now_us, reason, result.status, result.text)
-            b.counts.dead += moved
-            metrics.record_settled(dead=moved, reason=reason)
+            self._dead_letter(b, rows, path, dead_reason(status), now, result.text, (result, outcome))
+
+    def _dead_letter(
+        self,
+        b: Batch,
+        rows: Sequence[Claimed],
+        path: str,
+        reason: str,
+        now: float,
+        response: str,
+        refusal: tuple[SendResult, Outcome] | None = None,
+    ) -> None:
+        """``rows`` → dead with ``reason`` and ``response``: the one place rows are dead-lettered.
+
+        ``refusal`` is Dodo's answer to these rows sent on their own; None for rows never sent
+        (expired), whose log line then has no ``response`` or ``duration_ms``.
+        """
+        ids = [row.id for row in rows]
+        http_status = None if refusal is None else refusal[0].status
+        moved = self.store.mark_dead(ids, self.owner, to_us(now), reason, http_status, response)
+        b.counts.dead += moved
+        metrics.record_settled(dead=moved, reason=reason)
+        answer: dict[str, Any] = {}
+        if refusal is not None:
+            result, outcome = refusal
             self._record(result, outcome, len(ids), now, dead=len(ids))
-            self._check_lease(b, moved, len(ids), path)
-            log.warning(
-                "events_dead_lettered",
-                **common,
-                reason=reason,
-                event_ids=[row.event_id for row in rows[:10]],
-                response=result.text[:300],
-                duration_ms=duration_ms,
-            )
+            answer = {"response": result.text[:300], "duration_ms": round(result.duration * 1000, 1)}
+        self._check_lease(b, moved, len(ids), path)
+        log.warning(
+            "events_dead_lettered",
+            batch_id=b.batch_id,
+            part=path or "-",
+            events=len(ids),
+            status=http_status,
+            reason=reason,
+            event_ids=[row.event_id for row in rows[:10]],
+            **answer,
+        )
 
     def _retry_delay(self, b: Batch, rows: Sequence[Claimed], result: SendResult, now: float) -> float:
         """Jittered backoff, raised to the server's hint, capped by the batch's earliest deadline."""
@@ -305,7 +334,7 @@ class BatchRunner:
         timed = [row.ts_us for row in rows if row.id not in b.restamped]
         if timed:
             # A tick of slack so the retry is claimed before the agent itself would call it late.
-            deadline = deadline_for(min(timed) / US, s.window_seconds, s.late_margin_seconds)
+            deadline = deadline_for(from_us(min(timed)), s.window_seconds, s.late_margin_seconds)
             delay = cap_delay_before_deadline(delay, now, deadline - s.interval_seconds)
         self.breaker.on_failure(now, delay)
         if result.status == 429:
@@ -315,7 +344,7 @@ class BatchRunner:
     def _refund(self, b: Batch, lo: int, hi: int, why: str, due: float) -> None:
         """Back to pending, due at ``due``, attempt given back: nothing was learnt about these events."""
         ids = [row.id for row in b.rows[lo:hi]]
-        moved = self.store.mark_retry(ids, self.owner, int(due * US), why, refund=True)
+        moved = self.store.mark_retry(ids, self.owner, to_us(due), why, refund=True)
         self._check_lease(b, moved, len(ids), "")
 
     def _record(
@@ -331,7 +360,7 @@ class BatchRunner:
     ) -> None:
         metrics.record_request(outcome.value, result.status, result.duration, events)
         self.store.record_request(
-            int(now * US),
+            to_us(now),
             result.status,
             outcome.value,
             events,
