@@ -32,7 +32,7 @@ from agent.delivery.clockwatch import ClockWatch
 from agent.delivery.keys import ApiKeys
 from agent.delivery.pacing import TokenBucket
 from agent.delivery.pause import Pause
-from agent.delivery.settle import BatchRunner
+from agent.delivery.send import BatchRunner
 from agent.store import Store
 from agent.timestamps import from_us, to_us
 
