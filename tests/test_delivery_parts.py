@@ -15,7 +15,7 @@ import orjson
 from structlog.testing import capture_logs
 
 from agent.config import DeliverySettings, DodoSettings, Settings
-from agent.delivery.backoff import Outcome, is_late
+from agent.delivery.backoff import DestinationBackoff, Outcome, is_late
 from agent.delivery.batch import prepare
 from agent.delivery.client import SendResult
 from agent.delivery.clockwatch import CLOCK_STEP_SECONDS, ClockWatch
@@ -183,6 +183,14 @@ def test_a_step_back_moves_stored_instants_back_by_the_step(store: Store) -> Non
     assert step == 59.0
     assert store.next_due_us() == to_us(T + 100) - to_us(step)
     assert [(e["event"], e["rows_rescheduled"]) for e in logs] == [("clock_stepped_back", 1)]
+
+
+def test_a_step_back_keeps_an_open_breaker_open_for_as_long_as_before() -> None:
+    breaker = DestinationBackoff(threshold=1)
+    breaker.on_failure(T, 10.0)
+    breaker.shift_back(60.0)  # the wall clock now reads T - 60 where it read T
+    assert breaker.retry_at == T - 50
+    assert not breaker.try_begin(T - 50.1) and breaker.try_begin(T - 50)
 
 
 # -- the late rule --------------------------------------------------------------------------------
