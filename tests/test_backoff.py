@@ -251,11 +251,11 @@ def test_rate_limit_reset_delta_and_epoch() -> None:
 
 def test_breaker_stays_closed_below_threshold() -> None:
     b = DestinationBackoff(threshold=3)
-    assert b.can_send(NOW) and b.retry_at is None
+    assert b.try_begin(NOW) and b.retry_at is None
     assert b.on_failure(NOW, 5.0) == 5.0
     assert b.on_failure(NOW, 5.0) == 5.0
     assert b.consecutive_failures == 2
-    assert b.can_send(NOW) and b.retry_at is None
+    assert b.try_begin(NOW) and b.retry_at is None
     # Below the threshold nobody is a probe: any number of senders may go.
     assert b.try_begin(NOW) and b.try_begin(NOW)
     assert not b.probe_in_flight
@@ -267,14 +267,14 @@ def test_breaker_opens_at_threshold_then_allows_one_probe() -> None:
     b.on_failure(NOW, 1.0)
     assert b.on_failure(NOW, 10.0) == 10.0
     assert b.retry_at == NOW + 10.0
-    assert not b.can_send(NOW)
+    assert not b.try_begin(NOW)
     assert not b.try_begin(NOW + 9.99)
     # HALF-OPEN: one probe, the others wait.
-    assert b.can_send(NOW + 10.0)
+    assert not b.probe_in_flight
     assert b.try_begin(NOW + 10.0)
     assert b.probe_in_flight
-    assert not b.can_send(NOW + 11.0)
     assert not b.try_begin(NOW + 11.0)
+    assert b.probe_in_flight  # a refused try_begin claims nothing
 
 
 def test_breaker_probe_success_closes() -> None:
@@ -295,7 +295,7 @@ def test_breaker_probe_failure_reopens() -> None:
     assert b.on_failure(NOW + 5.0, 20.0) == 20.0
     assert not b.probe_in_flight
     assert b.consecutive_failures == 3
-    assert not b.can_send(NOW + 24.0)
+    assert not b.try_begin(NOW + 24.0)
     assert b.try_begin(NOW + 25.0)
 
 
@@ -324,7 +324,7 @@ def test_breaker_success_resets_the_count() -> None:
     b.on_success()
     b.on_failure(NOW, 1.0)
     b.on_failure(NOW, 1.0)
-    assert b.can_send(NOW) and b.retry_at is None
+    assert b.try_begin(NOW) and b.retry_at is None
 
 
 def test_breaker_rejects_bad_threshold() -> None:

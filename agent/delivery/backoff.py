@@ -267,11 +267,6 @@ class DestinationBackoff:
         """When sending may resume (epoch seconds), or None when the breaker is closed."""
         return self.open_until if self.consecutive_failures >= self.threshold else None
 
-    def can_send(self, now: float) -> bool:
-        """Whether a send would be allowed at ``now``. A query only: use :meth:`try_begin` to claim."""
-        with self._lock:
-            return self._allowed(now)
-
     def _allowed(self, now: float) -> bool:
         if self.consecutive_failures < self.threshold:
             return True
@@ -300,6 +295,11 @@ class DestinationBackoff:
             self.consecutive_failures = 0
             self.open_until = 0.0
             self.probe_in_flight = False
+
+    def shift_back(self, seconds: float) -> None:
+        """The wall clock stepped back by ``seconds``: stay open for as long as before the step."""
+        with self._lock:
+            self.open_until -= seconds
 
     def on_failure(self, now: float, delay: float) -> float:
         """Record a transient failure at ``now``; from the threshold on, stay OPEN for ``delay`` seconds.

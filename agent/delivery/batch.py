@@ -1,7 +1,8 @@
 """A claimed batch, ready to send: the late-event policy applied, payloads spliced as stored.
 
 Pure apart from the clock value it is given: no I/O. ``agent.delivery.settle`` sends and settles what
-:func:`prepare` returns; ``agent.delivery.worker`` dead-letters the expired rows it hands back.
+:func:`prepare` returns, the expired rows it sets aside included. The late rule is
+:func:`agent.delivery.backoff.is_late`.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from agent.config import DeliverySettings
+from agent.delivery.backoff import is_late
 from agent.store import Claimed
-from agent.timestamps import strip_timestamp
-
-US = 1_000_000
+from agent.timestamps import from_us, strip_timestamp
 
 
 @dataclass
@@ -57,14 +57,16 @@ class DrainReport(Counts):
 
 @dataclass
 class Batch:
-    """One claimed batch, ready to send: rows in claim order, the payload each sends, and the ids of
-    rows sent without their (too old) timestamp."""
+    """One claimed batch, ready to send: rows in claim order, the payload each sends, the ids of
+    rows sent without their (too old) timestamp, and the ``expired`` rows that are not sent at all
+    (late under ``late_events = dead_letter``: settle dead-letters them)."""
 
     rows: list[Claimed]
     payloads: list[str]
     restamped: frozenset[int] = frozenset()
     batch_id: str = ""
     counts: Counts = field(default_factory=Counts)
+    expired: list[Claimed] = field(default_factory=list)
 
     def swap(self, i: int, j: int) -> None:
         """Exchange two rows (and their payloads): the order inside a request does not matter."""
@@ -72,25 +74,24 @@ class Batch:
         self.payloads[i], self.payloads[j] = self.payloads[j], self.payloads[i]
 
 
-def prepare(
-    rows: list[Claimed], now: float, settings: DeliverySettings, batch_id: str
-) -> tuple[Batch, list[Claimed]]:
-    """Apply the late-event policy to claimed rows; return the batch to send and the expired rows.
+def prepare(rows: list[Claimed], now: float, settings: DeliverySettings, batch_id: str) -> Batch:
+    """Apply the late-event policy to claimed rows at ``now`` (epoch seconds): the batch to send.
 
-    A row is late when its event time is older than ``window_seconds - late_margin_seconds`` at
-    ``now``. Under ``restamp`` it is sent without its timestamp (Dodo stamps it on receipt); under
-    ``dead_letter`` it is returned as expired and left out of the batch (the caller dead-letters it).
+    A row is late when :func:`~agent.delivery.backoff.is_late` says so (its event time is older than
+    ``window_seconds - late_margin_seconds``). Under ``restamp`` it is sent without its timestamp
+    (Dodo stamps it on receipt); under ``dead_letter`` it is left out of the rows to send and put in
+    ``expired``.
     """
-    # is_late(ts) <=> now > ts + window - margin <=> ts < now - (window - margin)
-    cutoff_us = int((now - settings.window_seconds + settings.late_margin_seconds) * US)
+    window, margin = settings.window_seconds, settings.late_margin_seconds
     payloads = [row.payload for row in rows]
-    late = [i for i, row in enumerate(rows) if row.ts_us < cutoff_us]
+    late = [i for i, row in enumerate(rows) if is_late(from_us(row.ts_us), now, window, margin)]
     if not late:
-        return Batch(rows, payloads, batch_id=batch_id), []
+        return Batch(rows, payloads, batch_id=batch_id)
     if settings.late_events == "dead_letter":
         gone = set(late)
         keep = [row for i, row in enumerate(rows) if i not in gone]
-        return Batch(keep, [row.payload for row in keep], batch_id=batch_id), [rows[i] for i in late]
+        expired = [rows[i] for i in late]
+        return Batch(keep, [row.payload for row in keep], batch_id=batch_id, expired=expired)
     restamped: set[int] = set()
     for i in late:
         try:
@@ -98,4 +99,4 @@ def prepare(
             restamped.add(rows[i].id)
         except ValueError:
             pass  # not canonical: send it as stored; Dodo's answer decides (bisection isolates it)
-    return Batch(rows, payloads, frozenset(restamped), batch_id), []
+    return Batch(rows, payloads, frozenset(restamped), batch_id)

@@ -17,14 +17,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent.config import Settings
 from agent.delivery.worker import Worker
+from agent.logs import get_logger
 
-log = structlog.get_logger("dodo_outbox.scheduler")
+log = get_logger(__name__)
 
 DRAIN_JOB = "drain"
 

@@ -1,14 +1,16 @@
 """The worker: one drain tick turns due pending rows into delivered, retried or dead rows.
 
-``drain_once`` releases expired leases, claims up to ``max_in_flight`` batches (oldest event time
-first), applies the late-event policy, sends the batches concurrently and settles every row (see
+``drain_once`` repairs the outbox after a wall-clock step (``clockwatch``), releases expired leases,
+claims up to ``max_in_flight`` batches (oldest event time first), applies the late-event policy
+(``batch.prepare``), sends the batches concurrently on its sender pool and settles every row (see
 ``settle`` for the rules). ``drain_until_idle`` repeats it while anything is due: the burst mode
 that the scheduler and ``dodo-outbox drain --once`` share.
 
-Delivery pauses on a configuration fault (no key, a refused key, a wrong base URL): no row is
-dead-lettered and no attempt consumed. While paused, one probe batch goes out every
-``auth_retry_seconds`` with the key read afresh; the first answer that proves the key and the URL
-work resumes delivery. The pause and its reason are written to the outbox for ``status``.
+Delivery pauses on a configuration fault (no key, a refused key, a wrong base URL; see ``pause``): no
+row is dead-lettered and no attempt consumed. While paused, one probe batch goes out every
+``auth_retry_seconds`` with the key read afresh (``keys``); the first answer that proves the key and
+the URL work resumes delivery. Data flows one way: claim → send → settle; the worker owns the parts
+(key, pause, breaker, bucket, clock watch) and hands them down, nothing calls back up into it.
 """
 
 from __future__ import annotations
@@ -19,41 +21,20 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from agent.config import ApiKey, Settings, read_api_key
-from agent.delivery.backoff import MAX_HINT_SECONDS, DestinationBackoff, Outcome
+from agent.config import ApiKey, Settings
+from agent.delivery.backoff import DestinationBackoff
 from agent.delivery.batch import Batch, Counts, DrainReport, prepare
-from agent.delivery.client import BODY_OVERHEAD, DodoClient, SendResult
+from agent.delivery.client import BODY_OVERHEAD, DodoClient
+from agent.delivery.clockwatch import ClockWatch
+from agent.delivery.keys import ApiKeys
 from agent.delivery.pacing import TokenBucket
-from agent.delivery.settle import BatchRunner, log
-from agent.logs import add_secret
-from agent.ops import metrics, status
-from agent.store import Claimed, Store
-
-US = 1_000_000
-CLOCK_STEP_SECONDS = 2.0
-"""A wall clock falling behind the monotonic one by more than this between drains stepped back."""
-
-
-class _Environ(Mapping[str, str]):
-    """A live view of the environment the key may come from; its repr shows no values (the key)."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._values = environ
-
-    def __getitem__(self, name: str) -> str:
-        return self._values[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __repr__(self) -> str:
-        return f"<environment: {len(self._values)} variables>"
+from agent.delivery.pause import Pause
+from agent.delivery.send import BatchRunner
+from agent.store import Store
+from agent.timestamps import from_us, to_us
 
 
 class Worker:
@@ -77,102 +58,43 @@ class Worker:
         self.settings = settings
         self.client = client
         self._clock = clock
-        self._environ = _Environ(environ)
         d = settings.delivery
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.pacer = TokenBucket(d.requests_per_minute, d.burst)
         self.breaker = DestinationBackoff()
-        self.paused: str | None = None
+        self.keys = ApiKeys(settings, environ)
+        self.pause = Pause(store, d, base_url=client.base_url, keys=self.keys)
+        self.clockwatch = ClockWatch(store, d, clock)
         self.last_tick = time.monotonic()
-        self._clock_seen: tuple[float, float] | None = None  # (wall, monotonic) at the last drain
-        self._pause_kind: str | None = None
-        self._paused_since = 0.0
-        self._next_probe = 0.0
-        self._key: ApiKey | None = None
-        self._key_source = ""
-        self._key_loaded = False
-        self._lock = threading.Lock()
         self._closed = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
-        # A pause recorded by an earlier process is cleared by our first delivery.
-        self._stale_pause = status.read_pause(store) is not None
         self.runner = BatchRunner(
-            store, client, d, owner=self.owner, pacer=self.pacer, breaker=self.breaker, gate=self, rand=rand
+            store,
+            client,
+            d,
+            owner=self.owner,
+            pacer=self.pacer,
+            breaker=self.breaker,
+            pause=self.pause,
+            rand=rand,
         )
 
     def __repr__(self) -> str:
         return f"Worker(owner={self.owner!r}, url={self.client.url!r}, paused={self.paused!r})"
 
-    # -- the API key ------------------------------------------------------------------------------
+    @property
+    def paused(self) -> str | None:
+        """Why delivery is paused (a sentence), or None while it runs."""
+        return self.pause.reason
 
     def reload_key(self) -> bool:
         """Read the API key again (SIGHUP, or a fixed key file); a paused worker probes at its next drain.
 
         Returns whether a key was found. Never logs the key, only where it came from.
         """
-        found = self._load_key() is not None
-        with self._lock:
-            self._next_probe = 0.0
+        found = self.keys.load() is not None
+        self.pause.probe_now()
         return found
-
-    def _load_key(self) -> ApiKey | None:
-        key, source = read_api_key(self.settings, self._environ)
-        if key is not None:
-            add_secret(key)  # defence in depth: the log redactor masks it wherever it might show up
-        with self._lock:
-            self._key, self._key_source, self._key_loaded = key, source, True
-        return key
-
-    # -- the gate (called by the sender threads) --------------------------------------------------
-
-    def blocked(self) -> bool:
-        return self.paused is not None
-
-    def observe(self, outcome: Outcome, result: SendResult, now: float) -> None:
-        """Pause on 401/403/404; resume on any answer that shows the key and URL work."""
-        if outcome is Outcome.PAUSE_NOT_FOUND:
-            self._pause(
-                "not_found",
-                f"base URL {self.client.base_url} answered 404 to POST /events/ingest: check [dodo] base_url",
-                now,
-                result.status,
-            )
-        elif outcome is Outcome.PAUSE_AUTH:
-            self._pause(
-                "auth",
-                f"Dodo refused the API key from {self._key_source} with HTTP {result.status} "
-                f"({result.text[:120]}): fix the key; it is re-read before each probe, every "
-                f"{self.settings.delivery.auth_retry_seconds:g} s",
-                now,
-                result.status,
-            )
-        elif outcome is not Outcome.RETRY and (self.paused is not None or self._stale_pause):
-            self._resume(now)
-
-    def _pause(self, kind: str, reason: str, now: float, http_status: int | None) -> None:
-        with self._lock:
-            changed = self.paused != reason
-            if self.paused is None:
-                self._paused_since = now
-            self.paused, self._pause_kind = reason, kind
-            self._next_probe = now + self.settings.delivery.auth_retry_seconds
-        if changed:
-            status.write_pause(self.store, reason, now)
-            log.warning(
-                "delivery_paused",
-                kind=kind,
-                reason=reason,
-                status=http_status,
-                probe_every_s=self.settings.delivery.auth_retry_seconds,
-            )
-
-    def _resume(self, now: float) -> None:
-        with self._lock:
-            was, self.paused, self._pause_kind = self.paused, None, None
-            self._stale_pause = False
-        status.write_pause(self.store, None, now)
-        if was is not None:
-            log.info("delivery_resumed", paused_for_s=round(now - self._paused_since, 3), previous=was)
 
     # -- draining ---------------------------------------------------------------------------------
 
@@ -209,33 +131,13 @@ class Worker:
 
     def _drain(self, now: float | None, stop: threading.Event) -> DrainReport:
         try:
-            self._check_clock()
+            step = self.clockwatch.check()
+            if step:  # the wall clock stepped back: keep our own instants as far ahead as they were
+                self.breaker.shift_back(step)
+                self.pause.shift_back(step)
             return self._tick(self._clock() if now is None else now, stop)
         finally:
             self.last_tick = time.monotonic()
-
-    def _check_clock(self) -> None:
-        """Undo what a step back of the wall clock does to stored retry times and leases (see
-        agent/store/clock.py): at the first drain, bring in anything further ahead than this agent
-        could have scheduled; later, when the wall clock fell behind the monotonic one by more than
-        CLOCK_STEP_SECONDS, bring stored instants, the breaker and the pause probe back by the step.
-        (Before: a step back of an hour stalled retries, and a dead worker's leases, for an hour.)"""
-        wall, mono = self._clock(), time.monotonic()
-        last = self._clock_seen
-        self._clock_seen = (wall, mono)
-        d = self.settings.delivery
-        if last is None:
-            longest = max(d.backoff_max_seconds, MAX_HINT_SECONDS) + d.interval_seconds
-            self.store.cap_future(int(wall * US), int(longest * US), int(d.lease_seconds * US))
-            return
-        step = last[0] + (mono - last[1]) - wall
-        if step <= CLOCK_STEP_SECONDS:
-            return
-        moved = self.store.shift_back(int(wall * US), int(step * US))
-        with self._lock:
-            self.breaker.open_until -= step
-            self._next_probe -= step
-        log.warning("clock_stepped_back", seconds=round(step, 3), rows_rescheduled=moved)
 
     def _tick(self, base: float, stop: threading.Event) -> DrainReport:
         started = time.monotonic()
@@ -247,26 +149,21 @@ class Worker:
         if stop.is_set():
             return report
         probe = False
-        if self.paused is not None:
-            if base < self._next_probe:
-                report.paused, report.next_due = self.paused, self._next_probe
-                return report
+        if self.pause.blocked():
+            if not self.pause.take_probe(base):
+                return self._paused(report)
             probe = True
-            with self._lock:
-                self._next_probe = base + self.settings.delivery.auth_retry_seconds
-        key = self._current_key(reload=probe or not self._key_loaded)
+        key = self.keys.current(reload=probe)
         if key is None:
-            self._pause("no_key", self._key_source, base, None)
-            report.paused, report.next_due = self.paused, self._next_probe
-            return report
-        if probe and self._pause_kind == "no_key":
-            self._resume(base)  # the key is there now; whether it works, the next answer says
-            probe = False
+            self.pause.no_key(base)
+            return self._paused(report)
+        if self.pause.key_found(base):
+            probe = False  # the key is there now; whether it works, the next answer says
         breaker_probe = False
         if not probe and self.breaker.retry_at is not None:
             if not self.breaker.try_begin(base):
                 report.next_due = max(base, self.breaker.retry_at or base)
-                report.released = self.store.release_expired(int(base * US))
+                report.released = self.store.release_expired(to_us(base))
                 return report
             breaker_probe = True
         try:
@@ -274,6 +171,10 @@ class Worker:
         finally:
             if breaker_probe:
                 self.breaker.end_probe()
+
+    def _paused(self, report: DrainReport) -> DrainReport:
+        report.paused, report.next_due = self.pause.reason, self.pause.next_probe
+        return report
 
     def _send_batches(
         self,
@@ -286,7 +187,7 @@ class Worker:
         only: int,
     ) -> DrainReport:
         d = self.settings.delivery
-        base_us = int(base * US)
+        base_us = to_us(base)
         report.released = self.store.release_expired(base_us)
         batches = only or d.max_in_flight
         futures: list[Future[Counts]] = []
@@ -299,14 +200,14 @@ class Worker:
                 base_us,
                 d.batch_max_events,
                 d.batch_max_bytes - BODY_OVERHEAD,
-                int(d.lease_seconds * US),
+                to_us(d.lease_seconds),
                 self.owner,
             )
             if not rows:
                 exhausted = True
                 break
             report.claimed += len(rows)
-            batch = self._prepare(rows, base, report)
+            batch = prepare(rows, base, d, uuid.uuid4().hex[:12])
             if batches == 1:
                 inline.append(batch)
             else:
@@ -321,50 +222,18 @@ class Worker:
                 errors.append(exc)
         if errors:
             raise errors[0]
-        report.paused = self.paused
-        if self.paused is not None:
-            report.next_due = self._next_probe
-            return report
+        if self.pause.blocked():
+            return self._paused(report)
         if not exhausted and report.claimed:
             report.next_due = base  # stopped at the batch limit: more is due now
         else:
             # Only here, at the end of a backlog, is the (index-scanning) due-time query worth it.
             due = self.store.next_due_us()
-            report.next_due = None if due is None else due / US
+            report.next_due = None if due is None else from_us(due)
         retry_at = self.breaker.retry_at
         if report.next_due is not None and retry_at is not None:
             report.next_due = max(report.next_due, retry_at)
         return report
-
-    def _prepare(self, rows: list[Claimed], base: float, report: DrainReport) -> Batch:
-        batch_id = uuid.uuid4().hex[:12]
-        batch, expired = prepare(rows, base, self.settings.delivery, batch_id)
-        if expired:
-            d = self.settings.delivery
-            moved = self.store.mark_dead(
-                [row.id for row in expired],
-                self.owner,
-                int(base * US),
-                "expired",
-                None,
-                f"the event time is older than Dodo's window ({d.window_seconds:g} s) minus the margin "
-                f"({d.late_margin_seconds:g} s); [delivery] late_events = dead_letter",
-            )
-            report.dead += moved
-            metrics.record_settled(dead=moved, reason="expired")
-            log.warning(
-                "events_dead_lettered",
-                batch_id=batch_id,
-                part="-",
-                events=len(expired),
-                status=None,
-                reason="expired",
-                event_ids=[row.event_id for row in expired[:10]],
-            )
-        return batch
-
-    def _current_key(self, reload: bool) -> ApiKey | None:
-        return self._load_key() if reload else self._key
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:

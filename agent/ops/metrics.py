@@ -235,11 +235,6 @@ def record_settled(
         DODO_DUPLICATES.inc(ignored_duplicates)
 
 
-def observe_latency(seconds: float) -> None:
-    """One event's enqueue-to-delivered time."""
-    DELIVERY_LATENCY.observe(max(0.0, seconds))
-
-
 def observe_latencies(enqueued_at_us: Iterable[int], now: float) -> None:
     """Enqueue-to-delivered times of events delivered at `now` (epoch seconds)."""
     for enqueued in enqueued_at_us:
