@@ -213,9 +213,14 @@ def deadline_for(event_ts_epoch: float, window_seconds: float, margin_seconds: f
     return event_ts_epoch + window_seconds - margin_seconds
 
 
+def late_cutoff(now: float, window_seconds: float, margin_seconds: float) -> float:
+    """The event time (epoch seconds) before which an event is late at ``now``: the late rule, once."""
+    return now - window_seconds + margin_seconds
+
+
 def is_late(event_ts_epoch: float, now: float, window_seconds: float, margin_seconds: float) -> bool:
     """True when the event is older than ``window_seconds - margin_seconds`` at ``now`` (epoch seconds)."""
-    return now > deadline_for(event_ts_epoch, window_seconds, margin_seconds)
+    return event_ts_epoch < late_cutoff(now, window_seconds, margin_seconds)
 
 
 def cap_delay_before_deadline(delay: float, now: float, earliest_deadline: float | None) -> float:

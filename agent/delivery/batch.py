@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from agent.config import DeliverySettings
-from agent.delivery.backoff import is_late
+from agent.delivery.backoff import late_cutoff
 from agent.store import Claimed
 from agent.timestamps import from_us, strip_timestamp
 
@@ -82,9 +82,10 @@ def prepare(rows: list[Claimed], now: float, settings: DeliverySettings, batch_i
     (Dodo stamps it on receipt); under ``dead_letter`` it is left out of the rows to send and put in
     ``expired``.
     """
-    window, margin = settings.window_seconds, settings.late_margin_seconds
+    # is_late(ts) for every row, with the cutoff computed once: one comparison per row.
+    cutoff = late_cutoff(now, settings.window_seconds, settings.late_margin_seconds)
     payloads = [row.payload for row in rows]
-    late = [i for i, row in enumerate(rows) if is_late(from_us(row.ts_us), now, window, margin)]
+    late = [i for i, row in enumerate(rows) if from_us(row.ts_us) < cutoff]
     if not late:
         return Batch(rows, payloads, batch_id=batch_id)
     if settings.late_events == "dead_letter":
