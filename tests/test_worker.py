@@ -351,7 +351,8 @@ def test_413_splits_and_a_single_oversized_event_is_dead_too_large(
 ) -> None:
     fake = fake_dodo_factory(keys={KEY}, rate_limit=False, max_body_bytes=4000)
     small = [event(i, note="s" * 100) for i in range(60)]
-    big = event(999, **{f"k{j}": "b" * 400 for j in range(12)})
+    wide: dict[str, Any] = {f"k{j}": "b" * 400 for j in range(12)}
+    big = event(999, **wide)
     put(store, [*small, big])
     worker = make_worker(store, make_settings(fake.url))
     report = worker.drain_until_idle()
@@ -608,7 +609,11 @@ def test_without_pacing_the_same_burst_meets_429_and_backs_off(
     deadline, last = time.monotonic() + PATIENCE, report
     while report.delivered + report.dead < 24 and time.monotonic() < deadline:
         due = last.next_due
-        wait_until(lambda due=due: due is None or due <= time.time(), what="the retry to be due")
+
+        def retry_due(due: float | None = due) -> bool:
+            return due is None or due <= time.time()
+
+        wait_until(retry_due, what="the retry to be due")
         last = worker.drain_until_idle()
         report.add(last)
     by_status = fake.stats()["requests_by_status"]
