@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.errors import EventConflictError, InvalidEventError, OutboxError, OutboxFullError, Problem
 from agent.events import MAX_EVENT_AGE_SECONDS, Event, check_event, validate_many
-from agent.store import InsertResult, Retimed, Store, StoreOptions, insert_in_transaction
+from agent.store import InsertResult, OutboxStore, Retimed, StoreOptions, open_store
 
 if TYPE_CHECKING:
     import sqlite3
@@ -97,11 +97,11 @@ class Outbox:
         max_bytes: int = 0,
         source: str = "library",
         clock: Callable[[], float] = time.time,
-        store: Store | None = None,
+        store: OutboxStore | None = None,
         checker: Checker | None = None,
         max_event_age: float = MAX_EVENT_AGE_SECONDS,
     ) -> None:
-        self.store = store or Store(path, StoreOptions(synchronous=synchronous))
+        self.store = store or open_store(path, StoreOptions(synchronous=synchronous))
         self.path = self.store.path
         self.max_events = max_events
         self.max_bytes = max_bytes
@@ -200,7 +200,7 @@ class Outbox:
         checked = list(self.checker(events)) if self.checker is not None else []
         now_us = int(self._clock() * 1_000_000)
         if conn is not None:
-            inserted = insert_in_transaction(conn, events, source, now_us)
+            inserted = self.store.insert_on(conn, events, source, now_us)
         else:
             self._check_capacity(len(events))
             inserted = self._group_commit(events, source, now_us)

@@ -41,7 +41,7 @@ def add_pending(
 
 
 def _claim(store: Store, ids: list[str], now: float) -> list[int]:
-    claimed = store.claim(us(now), 1000, 1 << 30, 60 * US, OWNER)
+    claimed = store.claim(now_us=us(now), limit=1000, max_bytes=1 << 30, lease_us=60 * US, owner=OWNER)
     assert sorted(c.event_id for c in claimed) == sorted(ids), "add pending rows last"
     return [c.id for c in claimed]
 
@@ -59,7 +59,7 @@ def add_dead(
 ) -> None:
     now = NOW if now is None else now
     add_pending(store, ids, now=now, ts=ts, **meta)
-    assert store.mark_dead(_claim(store, ids, now), OWNER, us(now), reason, status, response) == len(ids)
+    assert store.mark_dead(_claim(store, ids, now), owner=OWNER, now_us=us(now), reason=reason, http_status=status, response=response) == len(ids)
 
 
 def add_delivered(
@@ -67,7 +67,7 @@ def add_delivered(
 ) -> None:
     now = NOW if now is None else now
     add_pending(store, ids, now=now, ts=ts, **meta)
-    assert store.mark_delivered(_claim(store, ids, now), OWNER, us(now)) == len(ids)
+    assert store.mark_delivered(_claim(store, ids, now), owner=OWNER, now_us=us(now)) == len(ids)
 
 
 def state_of(store: Store, event_id: str) -> str:

@@ -24,7 +24,7 @@ from agent.ops import status as status_module
 from agent.ops.routes import ops_routes
 from agent.outbox import Outbox
 from agent.store import DeadFilter, Store
-from agent.store.dlq import restamped_payload
+from agent.store.sqlite.dlq import restamped_payload
 from tests.ops_helpers import NOW, add_dead, add_delivered, add_pending, state_of, us
 
 TOKEN = "ops-token-5678"
@@ -284,13 +284,13 @@ def test_restamp_keeps_the_original_timestamp_after_delivery(tmp_path: Path) -> 
     with Store(db) as store:
         [stored] = store.insert_groups([(validate_many([raw], NOW), "cli")], us(NOW - 7000))
         assert not isinstance(stored, Exception)
-        [claimed] = store.claim(us(NOW - 7000), 10, 1 << 20, us(60), "w")
-        store.mark_dead([claimed.id], "w", us(NOW - 7000), "rejected", 400, "no")
+        [claimed] = store.claim(now_us=us(NOW - 7000), limit=10, max_bytes=1 << 20, lease_us=us(60), owner="w")
+        store.mark_dead([claimed.id], owner="w", now_us=us(NOW - 7000), reason="rejected", http_status=400, response="no")
     code, _, _ = cli_run("dlq", "replay", "--all", "--restamp", "--outbox", str(db))
     assert code == 0
     with Store(db) as store:
-        [claimed] = store.claim(us(NOW + 1), 10, 1 << 20, us(60), "w")
-        assert store.mark_delivered([claimed.id], "w", us(NOW + 1)) == 1  # clears last_error
+        [claimed] = store.claim(now_us=us(NOW + 1), limit=10, max_bytes=1 << 20, lease_us=us(60), owner="w")
+        assert store.mark_delivered([claimed.id], owner="w", now_us=us(NOW + 1)) == 1  # clears last_error
     code, out, _ = cli_run("events", "show", "x1", "--json", "--outbox", str(db))
     document = json.loads(out)
     assert document["state"] == "delivered" and document["last_error"] is None

@@ -10,7 +10,8 @@ import pytest
 
 from agent.errors import EventConflictError, OutboxCorruptError
 from agent.events import Event, validate_many
-from agent.store import SCHEMA_VERSION, Store, StoreOptions, schema
+from agent.store import SCHEMA_VERSION, Store, StoreOptions
+from agent.store.sqlite import schema
 
 NOW = time.time()
 US = 1_000_000
@@ -130,68 +131,89 @@ def test_repeats_inside_one_call(store: Store) -> None:
 def test_claim_order_leases_and_attempts(store: Store) -> None:
     store.insert_groups([(events("new", now=NOW), "cli")], 1)
     store.insert_groups([(events("old", now=NOW - 600), "cli")], 2)
-    claimed = store.claim(int(NOW * US), 10, 10**6, 30 * US, "w1")
+    claimed = store.claim(now_us=int(NOW * US), limit=10, max_bytes=10**6, lease_us=30 * US, owner="w1")
     assert [c.event_id for c in claimed] == ["old", "new"]
     assert [c.attempts for c in claimed] == [1, 1]
     assert store.counts()["inflight"] == 2
-    assert store.claim(int(NOW * US), 10, 10**6, 30 * US, "w2") == []
+    assert store.claim(now_us=int(NOW * US), limit=10, max_bytes=10**6, lease_us=30 * US, owner="w2") == []
 
 
 def test_claim_respects_byte_budget_but_always_takes_one(store: Store) -> None:
     store.insert_groups([(events("a", "b", "c"), "cli")], 1)
     size = len(store.get("a").payload) + 1  # type: ignore[union-attr]
-    assert len(store.claim(int(NOW * US), 10, size * 2, 30 * US, "w")) == 2
-    assert len(store.claim(int(NOW * US), 10, 1, 30 * US, "w")) == 1
+    assert (
+        len(store.claim(now_us=int(NOW * US), limit=10, max_bytes=size * 2, lease_us=30 * US, owner="w")) == 2
+    )
+    assert len(store.claim(now_us=int(NOW * US), limit=10, max_bytes=1, lease_us=30 * US, owner="w")) == 1
 
 
 def test_claim_skips_rows_not_yet_due(store: Store) -> None:
     store.insert_groups([(events("a"), "cli")], 1)
-    [row] = store.claim(int(NOW * US), 10, 10**6, 30 * US, "w")
-    assert store.mark_retry([row.id], "w", int((NOW + 60) * US), "503 Service Unavailable") == 1
-    assert store.claim(int((NOW + 59) * US), 10, 10**6, 30 * US, "w") == []
-    [again] = store.claim(int((NOW + 61) * US), 10, 10**6, 30 * US, "w")
+    [row] = store.claim(now_us=int(NOW * US), limit=10, max_bytes=10**6, lease_us=30 * US, owner="w")
+    assert (
+        store.mark_retry(
+            [row.id], owner="w", next_attempt_us=int((NOW + 60) * US), error="503 Service Unavailable"
+        )
+        == 1
+    )
+    assert (
+        store.claim(now_us=int((NOW + 59) * US), limit=10, max_bytes=10**6, lease_us=30 * US, owner="w") == []
+    )
+    [again] = store.claim(now_us=int((NOW + 61) * US), limit=10, max_bytes=10**6, lease_us=30 * US, owner="w")
     assert again.attempts == 2
     assert store.get("a").last_error == "503 Service Unavailable"  # type: ignore[union-attr]
 
 
 def test_refund_gives_the_attempt_back(store: Store) -> None:
     store.insert_groups([(events("a"), "cli")], 1)
-    [row] = store.claim(int(NOW * US), 10, 10**6, 30 * US, "w")
-    store.mark_retry([row.id], "w", 0, "401: key refused", refund=True)
+    [row] = store.claim(now_us=int(NOW * US), limit=10, max_bytes=10**6, lease_us=30 * US, owner="w")
+    store.mark_retry([row.id], owner="w", next_attempt_us=0, error="401: key refused", refund=True)
     assert store.get("a").attempts == 0  # type: ignore[union-attr]
 
 
 def test_stale_worker_cannot_move_a_delivered_row(store: Store) -> None:
     store.insert_groups([(events("a"), "cli")], 1)
     now = int(NOW * US)
-    [row] = store.claim(now, 10, 10**6, 1 * US, "stale")
+    [row] = store.claim(now_us=now, limit=10, max_bytes=10**6, lease_us=1 * US, owner="stale")
     # The stale worker's lease expires; another worker takes the row over and delivers it.
     assert store.release_expired(now + 2 * US) == 1
-    [taken] = store.claim(now + 2 * US, 10, 10**6, 30 * US, "fresh")
+    [taken] = store.claim(now_us=now + 2 * US, limit=10, max_bytes=10**6, lease_us=30 * US, owner="fresh")
     assert taken.attempts == 2
-    assert store.mark_delivered([taken.id], "fresh", now + 3 * US) == 1
+    assert store.mark_delivered([taken.id], owner="fresh", now_us=now + 3 * US) == 1
     # The stale worker wakes up and tries every transition: none applies.
-    assert store.mark_retry([row.id], "stale", now, "late") == 0
-    assert store.mark_dead([row.id], "stale", now, "rejected", 400, "{}") == 0
-    assert store.mark_delivered([row.id], "stale", now) == 0
+    assert store.mark_retry([row.id], owner="stale", next_attempt_us=now, error="late") == 0
+    assert (
+        store.mark_dead(
+            [row.id], owner="stale", now_us=now, reason="rejected", http_status=400, response="{}"
+        )
+        == 0
+    )
+    assert store.mark_delivered([row.id], owner="stale", now_us=now) == 0
     assert store.get("a").state == "delivered"  # type: ignore[union-attr]
     # Nor can anyone settle a delivered row again.
-    assert store.mark_dead([taken.id], "fresh", now, "rejected", 400, "{}") == 0
+    assert (
+        store.mark_dead(
+            [taken.id], owner="fresh", now_us=now, reason="rejected", http_status=400, response="{}"
+        )
+        == 0
+    )
 
 
 def test_release_expired_only_touches_expired_leases(store: Store) -> None:
     store.insert_groups([(events("a", "b"), "cli")], 1)
     now = int(NOW * US)
-    store.claim(now, 1, 10**6, 10 * US, "w1")
-    store.claim(now, 1, 10**6, 100 * US, "w2")
+    store.claim(now_us=now, limit=1, max_bytes=10**6, lease_us=10 * US, owner="w1")
+    store.claim(now_us=now, limit=1, max_bytes=10**6, lease_us=100 * US, owner="w2")
     assert store.release_expired(now + 50 * US) == 1
     assert store.counts() == {"pending": 1, "inflight": 1, "delivered": 0, "dead": 0}
 
 
 def test_dead_rows_keep_reason_status_and_bounded_response(store: Store) -> None:
     store.insert_groups([(events("a"), "cli")], 1)
-    [row] = store.claim(int(NOW * US), 10, 10**6, 30 * US, "w")
-    store.mark_dead([row.id], "w", int(NOW * US), "rejected", 422, "x" * 10_000)
+    [row] = store.claim(now_us=int(NOW * US), limit=10, max_bytes=10**6, lease_us=30 * US, owner="w")
+    store.mark_dead(
+        [row.id], owner="w", now_us=int(NOW * US), reason="rejected", http_status=422, response="x" * 10_000
+    )
     record = store.get("a")
     assert record is not None
     assert (record.state, record.reason, record.http_status) == ("dead", "rejected", 422)
@@ -203,7 +225,7 @@ def test_counts_and_oldest_pending(store: Store) -> None:
     oldest = events("a", now=NOW - 100)
     store.insert_groups([(oldest, "cli"), (events("b", now=NOW - 50), "cli")], 1)
     assert store.oldest_pending_ts_us() == oldest[0].ts_us
-    store.claim(int(NOW * US), 1, 10**6, 30 * US, "w")
+    store.claim(now_us=int(NOW * US), limit=1, max_bytes=10**6, lease_us=30 * US, owner="w")
     # The oldest is inflight now: still undelivered, still counted.
     assert store.oldest_pending_ts_us() == oldest[0].ts_us
     assert store.backlog() == 2

@@ -22,7 +22,7 @@ from rich.text import Text
 from agent import durations
 from agent.cli import common
 from agent.config import Settings
-from agent.store import DeadFilter, EventRecord, Store
+from agent.store import DeadFilter, EventRecord, OutboxStore
 
 FIX_ADVICE = (
     "Fix the events and enqueue them again with `dodo-outbox enqueue FILE`. A fixed event with a new "
@@ -233,7 +233,7 @@ def _restamp_cutoff(settings: Settings, now: float) -> int:
 
 
 def _replay_with_progress(
-    store: Store, where: DeadFilter, now: float, cutoff: int | None, total: int
+    store: OutboxStore, where: DeadFilter, now: float, cutoff: int | None, total: int
 ) -> tuple[int, int]:
     """Replay chunk by chunk under a progress bar (on a terminal); returns (moved, restamped)."""
     columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn())

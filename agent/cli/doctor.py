@@ -16,8 +16,7 @@ import click
 
 from agent.cli import common
 from agent.errors import ConfigError
-from agent.store import Store, StoreOptions
-from agent.store.salvage import Health, SalvageReport, check, salvage
+from agent.store import Health, SalvageReport, StoreOptions, check_outbox, open_store, salvage
 
 
 @click.command()
@@ -49,12 +48,12 @@ def doctor(
     path = common.resolve_outbox_path(settings, outbox_path)
     if not path.is_file():
         raise ConfigError(f"no outbox file at {path}; point --outbox (or [outbox] path) at it")
-    health = check(path, full=not quick)
+    health = check_outbox(path, full=not quick)
     report: SalvageReport | None = None
     if salvage_into is not None:
         if salvage_into.exists() and salvage_into.resolve() == path.resolve():
             raise click.UsageError("--salvage must name another file than the one being checked")
-        with Store(salvage_into, StoreOptions(synchronous=settings.outbox.synchronous)) as target:
+        with open_store(salvage_into, StoreOptions(synchronous=settings.outbox.synchronous)) as target:
             report = salvage(path, target, int(time.time() * 1_000_000))
     if as_json:
         common.print_json(_document(health, report))

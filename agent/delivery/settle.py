@@ -49,7 +49,7 @@ from agent.delivery.batch import US, Batch, Counts
 from agent.delivery.client import DodoClient, SendResult, build_body
 from agent.delivery.pacing import TokenBucket
 from agent.ops import metrics
-from agent.store import Claimed, Store
+from agent.store import Claimed, OutboxStore
 
 log = structlog.get_logger("dodo_outbox.worker")
 
@@ -76,7 +76,7 @@ class BatchRunner:
 
     def __init__(
         self,
-        store: Store,
+        store: OutboxStore,
         client: DodoClient,
         settings: DeliverySettings,
         *,
@@ -237,7 +237,7 @@ class BatchRunner:
         common = {"batch_id": b.batch_id, "part": path or "-", "events": len(ids), "status": result.status}
         if outcome is Outcome.DELIVERED:
             restamped = [i for i in ids if i in b.restamped] if b.restamped else []
-            moved = self.store.mark_delivered(ids, self.owner, now_us, restamped)
+            moved = self.store.mark_delivered(ids, owner=self.owner, now_us=now_us, restamped=restamped)
             duplicates = 0
             if result.ingested_count is not None and result.ingested_count < len(ids):
                 duplicates = len(ids) - result.ingested_count
@@ -259,7 +259,11 @@ class BatchRunner:
         elif outcome is Outcome.RETRY:
             delay = self._retry_delay(b, rows, result, now)
             moved = self.store.mark_retry(
-                ids, self.owner, int((now + delay) * US), _error_text(result), refund=False
+                ids,
+                owner=self.owner,
+                next_attempt_us=int((now + delay) * US),
+                error=_error_text(result),
+                refund=False,
             )
             b.counts.retried += moved
             metrics.record_settled(retried=moved)
@@ -276,7 +280,14 @@ class BatchRunner:
         else:
             status = result.status if result.status is not None else 0
             reason = dead_reason(status)
-            moved = self.store.mark_dead(ids, self.owner, now_us, reason, result.status, result.text)
+            moved = self.store.mark_dead(
+                ids,
+                owner=self.owner,
+                now_us=now_us,
+                reason=reason,
+                http_status=result.status,
+                response=result.text,
+            )
             b.counts.dead += moved
             metrics.record_settled(dead=moved, reason=reason)
             self._record(result, outcome, len(ids), now, dead=len(ids))
@@ -315,7 +326,9 @@ class BatchRunner:
     def _refund(self, b: Batch, lo: int, hi: int, why: str, due: float) -> None:
         """Back to pending, due at ``due``, attempt given back: nothing was learnt about these events."""
         ids = [row.id for row in b.rows[lo:hi]]
-        moved = self.store.mark_retry(ids, self.owner, int(due * US), why, refund=True)
+        moved = self.store.mark_retry(
+            ids, owner=self.owner, next_attempt_us=int(due * US), error=why, refund=True
+        )
         self._check_lease(b, moved, len(ids), "")
 
     def _record(
@@ -331,10 +344,10 @@ class BatchRunner:
     ) -> None:
         metrics.record_request(outcome.value, result.status, result.duration, events)
         self.store.record_request(
-            int(now * US),
-            result.status,
-            outcome.value,
-            events,
+            now_us=int(now * US),
+            status=result.status,
+            outcome=outcome.value,
+            events=events,
             delivered=delivered,
             dead=dead,
             duplicates=duplicates,

@@ -30,7 +30,7 @@ from agent.delivery.pacing import TokenBucket
 from agent.delivery.settle import BatchRunner, log
 from agent.logs import add_secret
 from agent.ops import metrics, status
-from agent.store import Claimed, Store
+from agent.store import Claimed, OutboxStore
 
 US = 1_000_000
 CLOCK_STEP_SECONDS = 2.0
@@ -65,7 +65,7 @@ class Worker:
 
     def __init__(
         self,
-        store: Store,
+        store: OutboxStore,
         settings: Settings,
         client: DodoClient,
         *,
@@ -226,7 +226,9 @@ class Worker:
         d = self.settings.delivery
         if last is None:
             longest = max(d.backoff_max_seconds, MAX_HINT_SECONDS) + d.interval_seconds
-            self.store.cap_future(int(wall * US), int(longest * US), int(d.lease_seconds * US))
+            self.store.cap_future(
+                now_us=int(wall * US), max_delay_us=int(longest * US), lease_us=int(d.lease_seconds * US)
+            )
             return
         step = last[0] + (mono - last[1]) - wall
         if step <= CLOCK_STEP_SECONDS:
@@ -296,11 +298,11 @@ class Worker:
             if stop.is_set():
                 break
             rows = self.store.claim(
-                base_us,
-                d.batch_max_events,
-                d.batch_max_bytes - BODY_OVERHEAD,
-                int(d.lease_seconds * US),
-                self.owner,
+                now_us=base_us,
+                limit=d.batch_max_events,
+                max_bytes=d.batch_max_bytes - BODY_OVERHEAD,
+                lease_us=int(d.lease_seconds * US),
+                owner=self.owner,
             )
             if not rows:
                 exhausted = True
@@ -343,11 +345,11 @@ class Worker:
             d = self.settings.delivery
             moved = self.store.mark_dead(
                 [row.id for row in expired],
-                self.owner,
-                int(base * US),
-                "expired",
-                None,
-                f"the event time is older than Dodo's window ({d.window_seconds:g} s) minus the margin "
+                owner=self.owner,
+                now_us=int(base * US),
+                reason="expired",
+                http_status=None,
+                response=f"the event time is older than Dodo's window ({d.window_seconds:g} s) minus the margin "
                 f"({d.late_margin_seconds:g} s); [delivery] late_events = dead_letter",
             )
             report.dead += moved

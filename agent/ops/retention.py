@@ -22,7 +22,7 @@ import structlog
 
 from agent.config import Settings
 from agent.ops import metrics
-from agent.store import Store
+from agent.store import OutboxStore
 
 log = structlog.get_logger("dodo_outbox.retention")
 
@@ -46,7 +46,7 @@ class RetentionReport:
 
 
 def run_retention(
-    store: Store, settings: Settings, now: float, *, chunk: int | None = None, vacuum: bool = True
+    store: OutboxStore, settings: Settings, now: float, *, chunk: int | None = None, vacuum: bool = True
 ) -> RetentionReport:
     """Prune what retention allows at `now` (epoch seconds), then reclaim free pages.
 

@@ -36,7 +36,7 @@ from agent import durations
 from agent.config import Settings
 from agent.errors import DodoOutboxError
 from agent.ops import metrics
-from agent.store import DeadFilter, Store
+from agent.store import DeadFilter, OutboxStore
 
 MAX_PAGE = 1000
 MAX_IDS = 10_000
@@ -58,7 +58,9 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 class OpsRoutes:
     """The handlers, bound to one store and its settings."""
 
-    def __init__(self, store: Store, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: OutboxStore, settings: Settings, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store, self.settings, self.clock = store, settings, clock
 
     def _authorize(self, request: Request) -> None:
@@ -199,7 +201,7 @@ def _selection(payload: dict[str, Any]) -> DeadFilter:
 
 
 def ops_routes(
-    store: Store, settings: Settings, *, clock: Callable[[], float] = time.time, watch: bool = True
+    store: OutboxStore, settings: Settings, *, clock: Callable[[], float] = time.time, watch: bool = True
 ) -> list[BaseRoute]:
     """The routes to pass as `create_app(..., extra_routes=ops_routes(store, settings))`.
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from agent.config import Settings
 from agent.meters.report import status_section
-from agent.store import Store, WindowRates
+from agent.store import OutboxStore, WindowRates
 
 PAUSE_KEY = "delivery_paused"
 WINDOWS: dict[str, int] = {"5m": 300, "1h": 3600}
@@ -26,7 +26,7 @@ DEFAULT_MAX_BACKLOG_AGE = 1800.0
 """`status --check` fails past 30 minutes: well before Dodo refuses events older than 1 hour."""
 
 
-def build(store: Store, now: float | None = None, settings: Settings | None = None) -> dict[str, Any]:
+def build(store: OutboxStore, now: float | None = None, settings: Settings | None = None) -> dict[str, Any]:
     """Counts by state, the age of the oldest undelivered event, whether delivery is paused, delivery
     and success rates over the last 5 minutes and hour, the top dead-letter reasons and events
     delivered per minute over the last hour (oldest minute first). With `settings`, also
@@ -106,7 +106,7 @@ def check(
     return failures
 
 
-def read_pause(store: Store) -> dict[str, Any] | None:
+def read_pause(store: OutboxStore) -> dict[str, Any] | None:
     """The delivery pause the worker recorded (reason, since), or None when delivery runs."""
     found = store.kv_get(PAUSE_KEY)
     if found is None or not found[0]:
@@ -115,7 +115,7 @@ def read_pause(store: Store) -> dict[str, Any] | None:
     return value or None
 
 
-def write_pause(store: Store, reason: str | None, now: float, kind: str | None = None) -> None:
+def write_pause(store: OutboxStore, reason: str | None, now: float, kind: str | None = None) -> None:
     """Record (reason) or clear (None) the delivery pause, for `status` in any process.
 
     `kind` is a short code (`auth`, `not_found`) that becomes the `reason` label of the

@@ -30,9 +30,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.errors import OutboxError
-from agent.store.base import StoreBase
-from agent.store.schema import STATES, stored_version
+from agent.store.records import State
+from agent.store.sqlite.connection import StoreBase
+from agent.store.sqlite.schema import stored_version
 from agent.timestamps import strip_timestamp
+
+_STATES = frozenset(s.value for s in State)
 
 COLUMNS = (
     "event_id, event_name, ts, payload, stamped, source, state, attempts, enqueued_at, next_attempt_at, "
@@ -166,7 +169,7 @@ def check(path: Path, *, full: bool = True, limit: int = 20) -> Health:
         with contextlib.suppress(sqlite3.DatabaseError, OutboxError):
             health.schema_version = stored_version(conn)
         with contextlib.suppress(sqlite3.DatabaseError):
-            counts = dict.fromkeys(STATES, 0)
+            counts = dict.fromkeys([s.value for s in State], 0)
             for state, count in conn.execute(
                 "SELECT state, count(*) FROM dodo_outbox_events NOT INDEXED GROUP BY state"
             ):
@@ -211,7 +214,7 @@ def _intact(row: Sequence[object]) -> bool:
     state = row[6]
     if not isinstance(event_id, str) or not isinstance(payload, str) or not isinstance(ts, int):
         return False
-    if state not in STATES:
+    if state not in _STATES:
         return False
     try:
         document = json.loads(payload)

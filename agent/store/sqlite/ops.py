@@ -2,82 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import dataclass
 from typing import Any
 
-from agent.store.base import StoreBase
-from agent.store.queue import CLAIM_SQL
+from agent.store.records import EventRecord
+from agent.store.sqlite.connection import StoreBase
+from agent.store.sqlite.queue import CLAIM_SQL
 
 _ROW_COLUMNS = (
     "id, event_id, event_name, ts, payload, stamped, source, state, attempts, enqueued_at, "
     "next_attempt_at, lease_until, settled_at, restamped, reason, http_status, response, last_error, "
     "original_ts"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """Everything the outbox knows about one event. Times are microseconds since the epoch."""
-
-    id: int
-    event_id: str
-    event_name: str
-    ts_us: int
-    payload: str
-    stamped: bool
-    source: str
-    state: str
-    attempts: int
-    enqueued_at_us: int
-    next_attempt_at_us: int
-    lease_until_us: int | None
-    settled_at_us: int | None
-    restamped: bool
-    reason: str | None
-    http_status: int | None
-    response: str | None
-    last_error: str | None
-    original_ts_us: int | None = None
-    """The producer's event time when `dlq replay --restamp` rewrote `ts_us`; None if never rewritten."""
-
-    @property
-    def event(self) -> dict[str, Any]:
-        """The stored event as a dict."""
-        value: dict[str, Any] = json.loads(self.payload)
-        return value
-
-    def as_document(self) -> dict[str, Any]:
-        """JSON-ready data with ISO times: `events show`, `dlq show` and `GET /v1/dlq/{id}` print this."""
-        return {
-            "event_id": self.event_id,
-            "state": self.state,
-            "attempts": self.attempts,
-            "event_name": self.event_name,
-            "timestamp": iso_us(self.ts_us),
-            # Restamped (at delivery, or by `dlq replay --restamp`): the producer's own event time.
-            "original_timestamp": iso_us(self.original_ts_us or self.ts_us) if self.restamped else None,
-            "timestamp_stamped_at_enqueue": self.stamped,
-            "source": self.source,
-            "enqueued_at": iso_us(self.enqueued_at_us),
-            "next_attempt_at": iso_us(self.next_attempt_at_us) if self.state == "pending" else None,
-            "lease_until": iso_us(self.lease_until_us),
-            "settled_at": iso_us(self.settled_at_us),
-            "restamped": self.restamped,
-            "reason": self.reason,
-            "http_status": self.http_status,
-            "response": self.response,
-            "last_error": self.last_error,
-            "event": self.event,
-        }
-
-
-def iso_us(us: int | None) -> str | None:
-    """Microseconds since the epoch as ISO 8601 UTC to the millisecond; None for unset (None or 0)."""
-    if us is None or us <= 0:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(us / 1e6)) + f".{us % 1_000_000 // 1000:03d}Z"
 
 
 def record_from_row(row: tuple[Any, ...]) -> EventRecord:
@@ -184,6 +119,7 @@ class OpsMixin(StoreBase):
 
     def record_request(
         self,
+        *,
         now_us: int,
         status: int | None,
         outcome: str,

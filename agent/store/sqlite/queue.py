@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
 from agent.errors import EventConflictError, OutboxError
 from agent.events import Event
-from agent.store.base import RESPONSE_EXCERPT_CHARS, StoreBase
-from agent.store.insert import (
+from agent.store.records import RESPONSE_EXCERPT_CHARS, Claimed, InsertResult, Retimed
+from agent.store.sqlite.connection import StoreBase
+from agent.store.sqlite.insert import (
     INSERT_HEAD,
     INSERT_ROW,
     ONE_STATEMENT_ROWS,
-    InsertResult,
     NotAllNew,
-    Retimed,
     insert_all_new,
     insert_in_transaction,
     insert_on,
@@ -37,18 +36,6 @@ CLAIM_SQL = (
     "SELECT id, event_id, ts, payload, attempts, enqueued_at FROM dodo_outbox_events "
     "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY ts LIMIT ?"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A row leased for sending."""
-
-    id: int
-    event_id: str
-    ts_us: int
-    payload: str
-    attempts: int
-    enqueued_at_us: int
 
 
 class QueueMixin(StoreBase):
@@ -125,7 +112,7 @@ class QueueMixin(StoreBase):
                 conn.execute("RELEASE dodo_outbox_group")
         return results
 
-    def claim(self, now_us: int, limit: int, max_bytes: int, lease_us: int, owner: str) -> list[Claimed]:
+    def claim(self, *, now_us: int, limit: int, max_bytes: int, lease_us: int, owner: str) -> list[Claimed]:
         """Lease up to `limit` due pending rows, oldest event time first, within `max_bytes` of payload.
 
         Counts the attempt now, so a crash mid-send still counts it. The rows are `inflight` until
@@ -167,7 +154,7 @@ class QueueMixin(StoreBase):
         return changed
 
     def mark_delivered(
-        self, ids: Sequence[int], owner: str, now_us: int, restamped: Sequence[int] = ()
+        self, ids: Sequence[int], *, owner: str, now_us: int, restamped: Sequence[int] = ()
     ) -> int:
         """inflight → delivered for rows this owner still leases. Returns how many moved."""
         changed = self._settle(
@@ -186,7 +173,7 @@ class QueueMixin(StoreBase):
         return changed
 
     def mark_retry(
-        self, ids: Sequence[int], owner: str, next_attempt_us: int, error: str, refund: bool = False
+        self, ids: Sequence[int], *, owner: str, next_attempt_us: int, error: str, refund: bool = False
     ) -> int:
         """inflight → pending, due again at `next_attempt_us`. `refund` gives the attempt back.
 
@@ -203,6 +190,7 @@ class QueueMixin(StoreBase):
     def mark_dead(
         self,
         ids: Sequence[int],
+        *,
         owner: str,
         now_us: int,
         reason: str,
@@ -245,3 +233,8 @@ class QueueMixin(StoreBase):
                 "SELECT min(next_attempt_at) FROM dodo_outbox_events WHERE state = 'pending'"
             ).fetchone()
             return None if row[0] is None else int(row[0])
+
+    def insert_on(self, conn: Any, events: Sequence[Event], source: str, now_us: int) -> InsertResult:
+        """The transactional outbox: insert on the application's own sqlite3 connection, inside its
+        open transaction (creating the outbox tables if that database has none). Never commits."""
+        return insert_in_transaction(conn, events, source, now_us)

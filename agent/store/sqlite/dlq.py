@@ -19,101 +19,38 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from agent.store.base import StoreBase
-from agent.store.ops import _ROW_COLUMNS, EventRecord, record_from_row
-from agent.timestamps import format_timestamp, strip_timestamp
+from agent.store.base import CHUNK_ROWS, REPLAY_CHUNK, VACUUM_PAGES
+from agent.store.records import DeadFilter, EventRecord, FileStats, ReplayChunk, WindowRates
+from agent.store.sqlite.connection import StoreBase
+from agent.store.sqlite.ops import _ROW_COLUMNS, record_from_row
+from agent.timestamps import US, format_timestamp, from_us, strip_timestamp, to_us
 
-CHUNK_ROWS = 5000
-"""Rows per transaction for prune and purge: a short write lock, so intake never waits long."""
-REPLAY_CHUNK = 500
-VACUUM_PAGES = 2000
-"""Pages handed back per incremental_vacuum transaction."""
-_US_PER_MINUTE = 60_000_000
+_US_PER_MINUTE = 60 * US
 
 
-@dataclass(frozen=True, slots=True)
-class DeadFilter:
-    """Which dead rows an operation applies to. Exactly one of `event_ids`, `reason`, `all` selects;
-    `since_us` (settled at or after) narrows any of them. An empty filter selects nothing."""
-
-    event_ids: tuple[str, ...] = ()
-    reason: str | None = None
-    all: bool = False
-    since_us: int | None = None
-
-    def where(self) -> tuple[str, list[object]]:
-        """The SQL condition (always including `state = 'dead'`) and its parameters."""
-        clauses: list[str] = ["state = 'dead'"]
-        params: list[object] = []
-        if self.event_ids:
-            clauses.append(f"event_id IN ({','.join('?' * len(self.event_ids))})")
-            params.extend(self.event_ids)
-        elif self.reason is not None:
-            clauses.append("reason = ?")
-            params.append(self.reason)
-        elif not self.all:
-            clauses.append("0")
-        if self.since_us is not None:
-            clauses.append("settled_at >= ?")
-            params.append(self.since_us)
-        return " AND ".join(clauses), params
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayChunk:
-    """One committed replay step: rows moved dead → pending, and how many of them were restamped."""
-
-    moved: int
-    restamped: int
-
-
-@dataclass(frozen=True, slots=True)
-class WindowRates:
-    """Delivery over one trailing window. `delivered` and the request counts come from the request
-    log (it outlives delivered rows pruned by retention); `dead` counts rows still dead that died in
-    the window (dead rows are kept until purged, and include events dead-lettered without a request)."""
-
-    seconds: int
-    delivered: int
-    dead: int
-    requests: int
-    requests_ok: int
-
-    @property
-    def delivery_success_ratio(self) -> float | None:
-        """delivered / (delivered + dead), or None when nothing settled in the window."""
-        total = self.delivered + self.dead
-        return None if total == 0 else self.delivered / total
-
-    @property
-    def request_success_ratio(self) -> float | None:
-        """2xx requests / all requests, or None when no request was made in the window."""
-        return None if self.requests == 0 else self.requests_ok / self.requests
-
-
-@dataclass(frozen=True, slots=True)
-class FileStats:
-    """The outbox file's page accounting (`freelist_count` pages are free, reusable or reclaimable)."""
-
-    page_size: int
-    page_count: int
-    freelist_count: int
-
-    @property
-    def size_bytes(self) -> int:
-        return self.page_size * self.page_count
-
-    @property
-    def free_bytes(self) -> int:
-        return self.page_size * self.freelist_count
+def dead_where(wanted: DeadFilter) -> tuple[str, list[object]]:
+    """The SQL condition selecting `wanted` (always including `state = 'dead'`) and its parameters."""
+    clauses: list[str] = ["state = 'dead'"]
+    params: list[object] = []
+    if wanted.event_ids:
+        clauses.append(f"event_id IN ({','.join('?' * len(wanted.event_ids))})")
+        params.extend(wanted.event_ids)
+    elif wanted.reason is not None:
+        clauses.append("reason = ?")
+        params.append(wanted.reason)
+    elif not wanted.all:
+        clauses.append("0")
+    if wanted.since_us is not None:
+        clauses.append("settled_at >= ?")
+        params.append(wanted.since_us)
+    return " AND ".join(clauses), params
 
 
 def restamped_payload(payload: str, now_us: int) -> str:
     """`payload` with its timestamp replaced by `now_us` (canonical: the timestamp stays last)."""
-    moment = datetime.fromtimestamp(now_us / 1_000_000, UTC)
+    moment = datetime.fromtimestamp(from_us(now_us), UTC)
     return strip_timestamp(payload)[:-1] + f',"timestamp":"{format_timestamp(moment)}"}}'
 
 
@@ -125,7 +62,7 @@ class DlqMixin(StoreBase):
     def dead_rows(self, where: DeadFilter, limit: int = 100, after_id: int = 0) -> list[EventRecord]:
         """Up to `limit` dead rows matching `where` with id > `after_id`, oldest first (keyset paging:
         pass the last row's id to get the next page)."""
-        condition, params = where.where()
+        condition, params = dead_where(where)
         with self.read() as conn:
             rows = conn.execute(
                 f"SELECT {_ROW_COLUMNS} FROM dodo_outbox_events WHERE {condition} AND id > ? "
@@ -146,7 +83,7 @@ class DlqMixin(StoreBase):
 
     def count_dead(self, where: DeadFilter, older_than_us: int | None = None) -> int:
         """How many dead rows match (and, with `older_than_us`, died before it): dry runs and totals."""
-        condition, params = where.where()
+        condition, params = dead_where(where)
         if older_than_us is not None:
             condition += " AND settled_at < ?"
             params.append(older_than_us)
@@ -156,7 +93,7 @@ class DlqMixin(StoreBase):
 
     def count_late(self, where: DeadFilter, ts_before_us: int) -> int:
         """How many matching dead rows have an event time before `ts_before_us` (would be restamped)."""
-        condition, params = where.where()
+        condition, params = dead_where(where)
         with self.read() as conn:
             row = conn.execute(
                 f"SELECT count(*) FROM dodo_outbox_events WHERE {condition} AND ts < ?",
@@ -177,7 +114,7 @@ class DlqMixin(StoreBase):
         timestamp (see the module docstring). Yields one ReplayChunk per committed chunk; stop
         iterating to stop replaying (committed chunks stay replayed).
         """
-        condition, params = where.where()
+        condition, params = dead_where(where)
         after = 0
         while True:
             with self.write() as conn:
@@ -286,7 +223,7 @@ class DlqMixin(StoreBase):
         found: list[WindowRates] = []
         with self.read() as conn:
             for seconds in windows:
-                since = now_us - seconds * 1_000_000
+                since = now_us - to_us(seconds)
                 delivered, requests, ok = conn.execute(
                     "SELECT coalesce(sum(delivered), 0), count(*), "
                     "coalesce(sum(status BETWEEN 200 AND 299), 0) FROM dodo_outbox_requests WHERE at >= ?",
@@ -329,7 +266,7 @@ def _replay_rows(
             except ValueError:
                 plain.append((was, row_id))  # not canonical: replay as stored, Dodo decides
                 continue
-            original = format_timestamp(datetime.fromtimestamp(ts / 1_000_000, UTC))
+            original = format_timestamp(datetime.fromtimestamp(from_us(ts), UTC))
             note = f"{was}; restamped, original timestamp {original}"
             stamped.append((new_payload, now_us, note, row_id))
         else:

@@ -7,9 +7,9 @@ range on a large outbox reads that day's rows and no others.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
-from agent.store.base import StoreBase
+from agent.store.records import RangeRow
+from agent.store.sqlite.connection import StoreBase
 
 RANGE_SQL = (
     "SELECT event_id, event_name, ts, state, restamped, payload FROM dodo_outbox_events "
@@ -17,18 +17,6 @@ RANGE_SQL = (
 )
 _CHUNK = 5000
 _IDS_PER_QUERY = 500
-
-
-@dataclass(frozen=True, slots=True)
-class RangeRow:
-    """One billable row: `payload` is the canonical JSON sent (or to be sent) to Dodo."""
-
-    event_id: str
-    event_name: str
-    ts_us: int
-    state: str
-    restamped: bool
-    payload: str
 
 
 class PreviewMixin(StoreBase):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
-from agent.store.base import StoreBase
+from agent.store.records import KeyStats, MeterRow, NameStats
+from agent.store.sqlite.connection import StoreBase
 
 PULLED_AT_KEY = "meters_pulled_at"
 
@@ -21,52 +21,6 @@ _RECENT = (
     "WITH recent AS (SELECT event_id, event_name, enqueued_at, payload FROM dodo_outbox_events "
     "WHERE enqueued_at >= ? ORDER BY id DESC LIMIT ?) "
 )
-
-
-@dataclass(frozen=True, slots=True)
-class MeterRow:
-    """One cached meter. `filter` is the meter's filter as JSON text (or None)."""
-
-    meter_id: str
-    event_name: str
-    name: str | None
-    aggregation: str | None
-    aggregation_key: str | None
-    filter: str | None
-    pulled_at_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class KeyStats:
-    """How one metadata key looks in the recent events of one name.
-
-    `missing`: events without it; `strings`: events carrying it as a string; `not_numbers`: as a
-    boolean (or anything else but a number). `example_missing`, `example_string`, `example_not_number`:
-    one event with that very problem (None when no event has it); `example_event_id`: any of them.
-    """
-
-    key: str
-    missing: int
-    strings: int
-    not_numbers: int
-    example_missing: str | None = None
-    example_string: str | None = None
-    example_not_number: str | None = None
-
-    @property
-    def example_event_id(self) -> str | None:
-        return self.example_missing or self.example_string or self.example_not_number
-
-
-@dataclass(frozen=True, slots=True)
-class NameStats:
-    """The recent events of one event_name: how many, the latest enqueue time, one example id."""
-
-    event_name: str
-    events: int
-    last_enqueued_us: int
-    example_event_id: str
-    keys: tuple[KeyStats, ...] = ()
 
 
 def metadata_path(key: str) -> str:

@@ -10,7 +10,7 @@ lie further ahead than its longest delay or its lease, so anything beyond that i
 
 from __future__ import annotations
 
-from agent.store.base import StoreBase
+from agent.store.sqlite.connection import StoreBase
 
 
 class ClockMixin(StoreBase):
@@ -32,7 +32,7 @@ class ClockMixin(StoreBase):
             ).rowcount
         return moved
 
-    def cap_future(self, now_us: int, max_delay_us: int, lease_us: int) -> int:
+    def cap_future(self, *, now_us: int, max_delay_us: int, lease_us: int) -> int:
         """Pending rows due later than `now + max_delay` become due now; leases ending later than
         `now + lease` end then. Returns the rows changed."""
         with self.write() as conn:
