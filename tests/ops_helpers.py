@@ -59,7 +59,14 @@ def add_dead(
 ) -> None:
     now = NOW if now is None else now
     add_pending(store, ids, now=now, ts=ts, **meta)
-    assert store.mark_dead(_claim(store, ids, now), owner=OWNER, now_us=us(now), reason=reason, http_status=status, response=response) == len(ids)
+    assert store.mark_dead(
+        _claim(store, ids, now),
+        owner=OWNER,
+        now_us=us(now),
+        reason=reason,
+        http_status=status,
+        response=response,
+    ) == len(ids)
 
 
 def add_delivered(

@@ -284,8 +284,12 @@ def test_restamp_keeps_the_original_timestamp_after_delivery(tmp_path: Path) -> 
     with Store(db) as store:
         [stored] = store.insert_groups([(validate_many([raw], NOW), "cli")], us(NOW - 7000))
         assert not isinstance(stored, Exception)
-        [claimed] = store.claim(now_us=us(NOW - 7000), limit=10, max_bytes=1 << 20, lease_us=us(60), owner="w")
-        store.mark_dead([claimed.id], owner="w", now_us=us(NOW - 7000), reason="rejected", http_status=400, response="no")
+        [claimed] = store.claim(
+            now_us=us(NOW - 7000), limit=10, max_bytes=1 << 20, lease_us=us(60), owner="w"
+        )
+        store.mark_dead(
+            [claimed.id], owner="w", now_us=us(NOW - 7000), reason="rejected", http_status=400, response="no"
+        )
     code, _, _ = cli_run("dlq", "replay", "--all", "--restamp", "--outbox", str(db))
     assert code == 0
     with Store(db) as store:

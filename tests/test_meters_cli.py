@@ -72,7 +72,9 @@ def deliver(tmp_path: Path, count: int) -> None:
         )
     with Store(tmp_path / "o.db") as store:
         now_us = int(time.time() * 1_000_000)
-        claimed = store.claim(now_us=now_us, limit=count, max_bytes=10_000_000, lease_us=60_000_000, owner="test")
+        claimed = store.claim(
+            now_us=now_us, limit=count, max_bytes=10_000_000, lease_us=60_000_000, owner="test"
+        )
         assert store.mark_delivered([c.id for c in claimed], owner="test", now_us=now_us) == count
 
 

@@ -352,7 +352,14 @@ def test_salvage_keeps_states_and_turns_inflight_into_pending(tmp_path: Path) ->
         store.insert_groups([(validate_many(events("s", 4), now), "test")], int(now * US))
         claimed = store.claim(now_us=int(now * US), limit=3, max_bytes=1 << 30, lease_us=60 * US, owner="w")
         store.mark_delivered([claimed[0].id], owner="w", now_us=int(now * US))
-        store.mark_dead([claimed[1].id], owner="w", now_us=int(now * US), reason="rejected", http_status=400, response='{"code":"BAD_REQUEST"}')
+        store.mark_dead(
+            [claimed[1].id],
+            owner="w",
+            now_us=int(now * US),
+            reason="rejected",
+            http_status=400,
+            response='{"code":"BAD_REQUEST"}',
+        )
     with Store(tmp_path / "target.db") as target:
         report = salvage(source, target, int(now * US))
         got = {
@@ -483,7 +490,13 @@ def test_clock_jumping_back_after_failures_does_not_stall_retries(store: Store, 
 
 def test_clock_jumping_back_does_not_hold_a_dead_workers_leases(store: Store, fake: EmulatorServer) -> None:
     ids = put(store, "lease", 10)
-    store.claim(now_us=int(time.time() * US), limit=100, max_bytes=1 << 30, lease_us=30 * US, owner="a-worker-that-died")
+    store.claim(
+        now_us=int(time.time() * US),
+        limit=100,
+        max_bytes=1 << 30,
+        lease_us=30 * US,
+        owner="a-worker-that-died",
+    )
     clock = Clock()
     clock.offset = -3600.0
     worker = make_worker(store, fake.url, clock, lease_seconds=2)
