@@ -349,8 +349,10 @@ class Worker:
                 now_us=int(base * US),
                 reason="expired",
                 http_status=None,
-                response=f"the event time is older than Dodo's window ({d.window_seconds:g} s) minus the margin "
-                f"({d.late_margin_seconds:g} s); [delivery] late_events = dead_letter",
+                response=(
+                    f"the event time is older than Dodo's window ({d.window_seconds:g} s) minus the margin "
+                    f"({d.late_margin_seconds:g} s); [delivery] late_events = dead_letter"
+                ),
             )
             report.dead += moved
             metrics.record_settled(dead=moved, reason="expired")
