@@ -13,36 +13,34 @@ from __future__ import annotations
 from agent.store.sqlite.connection import StoreBase
 
 
-class ClockMixin(StoreBase):
-    """Repairs of stored instants after the wall clock stepped back."""
+def shift_back(db: StoreBase, now_us: int, step_us: int) -> int:
+    """Bring every pending retry time and inflight lease still after `now_us` `step_us` closer
+    (never before `now_us`). Returns the rows changed."""
+    with db.write() as conn:
+        moved = conn.execute(
+            "UPDATE dodo_outbox_events SET next_attempt_at = max(?, next_attempt_at - ?) "
+            "WHERE state = 'pending' AND next_attempt_at > ?",
+            (now_us, step_us, now_us),
+        ).rowcount
+        moved += conn.execute(
+            "UPDATE dodo_outbox_events SET lease_until = max(?, lease_until - ?) "
+            "WHERE state = 'inflight' AND lease_until > ?",
+            (now_us, step_us, now_us),
+        ).rowcount
+    return moved
 
-    def shift_back(self, now_us: int, step_us: int) -> int:
-        """Bring every pending retry time and inflight lease still after `now_us` `step_us` closer
-        (never before `now_us`). Returns the rows changed."""
-        with self.write() as conn:
-            moved = conn.execute(
-                "UPDATE dodo_outbox_events SET next_attempt_at = max(?, next_attempt_at - ?) "
-                "WHERE state = 'pending' AND next_attempt_at > ?",
-                (now_us, step_us, now_us),
-            ).rowcount
-            moved += conn.execute(
-                "UPDATE dodo_outbox_events SET lease_until = max(?, lease_until - ?) "
-                "WHERE state = 'inflight' AND lease_until > ?",
-                (now_us, step_us, now_us),
-            ).rowcount
-        return moved
 
-    def cap_future(self, *, now_us: int, max_delay_us: int, lease_us: int) -> int:
-        """Pending rows due later than `now + max_delay` become due now; leases ending later than
-        `now + lease` end then. Returns the rows changed."""
-        with self.write() as conn:
-            moved = conn.execute(
-                "UPDATE dodo_outbox_events SET next_attempt_at = ? "
-                "WHERE state = 'pending' AND next_attempt_at > ?",
-                (now_us, now_us + max_delay_us),
-            ).rowcount
-            moved += conn.execute(
-                "UPDATE dodo_outbox_events SET lease_until = ? WHERE state = 'inflight' AND lease_until > ?",
-                (now_us + lease_us, now_us + lease_us),
-            ).rowcount
-        return moved
+def cap_future(db: StoreBase, *, now_us: int, max_delay_us: int, lease_us: int) -> int:
+    """Pending rows due later than `now + max_delay` become due now; leases ending later than
+    `now + lease` end then. Returns the rows changed."""
+    with db.write() as conn:
+        moved = conn.execute(
+            "UPDATE dodo_outbox_events SET next_attempt_at = ? "
+            "WHERE state = 'pending' AND next_attempt_at > ?",
+            (now_us, now_us + max_delay_us),
+        ).rowcount
+        moved += conn.execute(
+            "UPDATE dodo_outbox_events SET lease_until = ? WHERE state = 'inflight' AND lease_until > ?",
+            (now_us + lease_us, now_us + lease_us),
+        ).rowcount
+    return moved

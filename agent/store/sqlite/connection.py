@@ -51,7 +51,7 @@ class StoreBase:
         self.path = Path(path)
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
         try:
             self._conn: sqlite3.Connection | None = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=0
@@ -87,7 +87,7 @@ class StoreBase:
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL). Safe to call twice."""
-        with self._lock:
+        with self.lock:
             if self._conn is not None:
                 with suppress(sqlite3.Error):
                     self._conn.execute("PRAGMA optimize")
@@ -118,7 +118,7 @@ class StoreBase:
         OutboxFullError when the disk is full, OutboxError (OutboxCorruptError for a damaged file)
         for SQLite's other errors, such as a file that stays locked.
         """
-        with self._lock:
+        with self.lock:
             conn = self.conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -149,7 +149,7 @@ class StoreBase:
 
         Raises OutboxError (OutboxCorruptError for a damaged file) instead of SQLite's own errors.
         """
-        with self._lock:
+        with self.lock:
             try:
                 yield self.conn
             except sqlite3.Error as exc:

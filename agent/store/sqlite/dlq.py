@@ -1,4 +1,4 @@
-"""Operator SQL: the dead-letter queue, retention and the windows status and metrics report.
+"""Dead-letter queue SQL: listing, counting, replay (with restamp), purge, the top reasons.
 
 Dead rows leave the dead state in exactly two ways: `replay` (dead → pending) and `purge_dead` (the
 only DELETE of a dead row). Both are guarded by `state = 'dead'`, work in chunks of one transaction
@@ -21,13 +21,12 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
-from agent.store.base import CHUNK_ROWS, REPLAY_CHUNK, VACUUM_PAGES
-from agent.store.records import DeadFilter, EventRecord, FileStats, ReplayChunk, WindowRates
+from agent.store.base import CHUNK_ROWS, REPLAY_CHUNK
+from agent.store.records import DeadFilter, EventRecord, ReplayChunk
 from agent.store.sqlite.connection import StoreBase
-from agent.store.sqlite.ops import _ROW_COLUMNS, record_from_row
-from agent.timestamps import US, format_timestamp, from_us, strip_timestamp, to_us
-
-_US_PER_MINUTE = 60 * US
+from agent.store.sqlite.retention import delete_chunks
+from agent.store.sqlite.stats import ROW_COLUMNS, record_from_row
+from agent.timestamps import format_timestamp, from_us, strip_timestamp
 
 
 def dead_where(wanted: DeadFilter) -> tuple[str, list[object]]:
@@ -52,201 +51,6 @@ def restamped_payload(payload: str, now_us: int) -> str:
     """`payload` with its timestamp replaced by `now_us` (canonical: the timestamp stays last)."""
     moment = datetime.fromtimestamp(from_us(now_us), UTC)
     return strip_timestamp(payload)[:-1] + f',"timestamp":"{format_timestamp(moment)}"}}'
-
-
-class DlqMixin(StoreBase):
-    """Dead-letter queue operations, retention and delivery windows."""
-
-    # -- the dead-letter queue -------------------------------------------------------------------
-
-    def dead_rows(self, where: DeadFilter, limit: int = 100, after_id: int = 0) -> list[EventRecord]:
-        """Up to `limit` dead rows matching `where` with id > `after_id`, oldest first (keyset paging:
-        pass the last row's id to get the next page)."""
-        condition, params = dead_where(where)
-        with self.read() as conn:
-            rows = conn.execute(
-                f"SELECT {_ROW_COLUMNS} FROM dodo_outbox_events WHERE {condition} AND id > ? "
-                "ORDER BY id LIMIT ?",
-                (*params, after_id, limit),
-            ).fetchall()
-        return [record_from_row(row) for row in rows]
-
-    def iter_dead(self, where: DeadFilter, chunk: int = 1000) -> Iterator[EventRecord]:
-        """Every dead row matching `where`, oldest first, read a page at a time (for export)."""
-        after = 0
-        while True:
-            page = self.dead_rows(where, chunk, after)
-            yield from page
-            if len(page) < chunk:
-                return
-            after = page[-1].id
-
-    def count_dead(self, where: DeadFilter, older_than_us: int | None = None) -> int:
-        """How many dead rows match (and, with `older_than_us`, died before it): dry runs and totals."""
-        condition, params = dead_where(where)
-        if older_than_us is not None:
-            condition += " AND settled_at < ?"
-            params.append(older_than_us)
-        with self.read() as conn:
-            row = conn.execute(f"SELECT count(*) FROM dodo_outbox_events WHERE {condition}", params)
-            return int(row.fetchone()[0])
-
-    def count_late(self, where: DeadFilter, ts_before_us: int) -> int:
-        """How many matching dead rows have an event time before `ts_before_us` (would be restamped)."""
-        condition, params = dead_where(where)
-        with self.read() as conn:
-            row = conn.execute(
-                f"SELECT count(*) FROM dodo_outbox_events WHERE {condition} AND ts < ?",
-                (*params, ts_before_us),
-            )
-            return int(row.fetchone()[0])
-
-    def replay(
-        self,
-        where: DeadFilter,
-        now_us: int,
-        restamp_before_us: int | None = None,
-        chunk: int = REPLAY_CHUNK,
-    ) -> Iterator[ReplayChunk]:
-        """Move matching dead rows back to pending, due now, attempts reset; one transaction per chunk.
-
-        With `restamp_before_us`, rows whose event time is before it get the replay time as their
-        timestamp (see the module docstring). Yields one ReplayChunk per committed chunk; stop
-        iterating to stop replaying (committed chunks stay replayed).
-        """
-        condition, params = dead_where(where)
-        after = 0
-        while True:
-            with self.write() as conn:
-                rows = conn.execute(
-                    f"SELECT id, ts, payload, reason, http_status FROM dodo_outbox_events "
-                    f"WHERE {condition} AND id > ? ORDER BY id LIMIT ?",
-                    (*params, after, chunk),
-                ).fetchall()
-                if not rows:
-                    return
-                after = rows[-1][0]
-                step = _replay_rows(conn, rows, now_us, restamp_before_us)
-            yield step
-            if len(rows) < chunk:
-                return
-
-    def purge_dead(self, older_than_us: int, reason: str | None = None, chunk: int = CHUNK_ROWS) -> int:
-        """Delete dead rows that died before `older_than_us` (optionally of one reason only).
-
-        The only DELETE of dead rows. Returns how many were deleted.
-        """
-        extra, params = ("AND reason = ? ", [reason]) if reason is not None else ("", [])
-        return self._delete_chunks(
-            "DELETE FROM dodo_outbox_events WHERE state = 'dead' AND id IN (SELECT id FROM "
-            "dodo_outbox_events WHERE state = 'dead' AND settled_at < ? " + extra + "LIMIT ?)",
-            [older_than_us, *params],
-            chunk,
-        )
-
-    def top_dead_reasons(self, limit: int = 5) -> list[tuple[str, int]]:
-        """The commonest dead-letter reasons, most rows first: [(reason, rows), ...]."""
-        with self.read() as conn:
-            rows = conn.execute(
-                "SELECT coalesce(reason, 'unknown'), count(*) FROM dodo_outbox_events "
-                "WHERE state = 'dead' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [(str(reason), int(n)) for reason, n in rows]
-
-    # -- retention -------------------------------------------------------------------------------
-
-    def prune_delivered(self, settled_before_us: int, chunk: int = CHUNK_ROWS, max_chunks: int = 200) -> int:
-        """Delete delivered rows settled before the cutoff, `chunk` per transaction, at most
-        `max_chunks` transactions per call (the next run continues). Returns rows deleted."""
-        return self._delete_chunks(
-            "DELETE FROM dodo_outbox_events WHERE state = 'delivered' AND id IN (SELECT id FROM "
-            "dodo_outbox_events WHERE state = 'delivered' AND settled_at < ? LIMIT ?)",
-            [settled_before_us],
-            chunk,
-            max_chunks,
-        )
-
-    def prune_requests(self, before_us: int, chunk: int = CHUNK_ROWS, max_chunks: int = 200) -> int:
-        """Delete request-log rows older than the cutoff, in chunks like `prune_delivered`."""
-        return self._delete_chunks(
-            "DELETE FROM dodo_outbox_requests WHERE id IN (SELECT id FROM dodo_outbox_requests "
-            "WHERE at < ? LIMIT ?)",
-            [before_us],
-            chunk,
-            max_chunks,
-        )
-
-    def _delete_chunks(self, sql: str, params: Sequence[object], chunk: int, max_chunks: int = 0) -> int:
-        deleted = done = 0
-        while not max_chunks or done < max_chunks:
-            with self.write() as conn:
-                moved = conn.execute(sql, (*params, chunk)).rowcount
-            deleted += moved
-            done += 1
-            if moved < chunk:
-                break
-        return deleted
-
-    def file_stats(self) -> FileStats:
-        """Page size, page count and free pages of the outbox file."""
-        with self.read() as conn:
-            size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-            count = int(conn.execute("PRAGMA page_count").fetchone()[0])
-            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
-        return FileStats(size, count, free)
-
-    def incremental_vacuum(self, max_pages: int = 100_000, step: int = VACUUM_PAGES) -> int:
-        """Hand free pages back to the file system, `step` pages per transaction; returns pages freed.
-
-        Works on files created with auto_vacuum = INCREMENTAL (every outbox this version creates);
-        on older files it frees nothing and returns 0.
-        """
-        freed = 0
-        while freed < max_pages:
-            before = self.file_stats().freelist_count
-            if before == 0:
-                break
-            with self.write() as conn:
-                # Each result row is one freed page: the pragma only runs to the end when fetched.
-                conn.execute(f"PRAGMA incremental_vacuum({int(min(step, max_pages - freed))})").fetchall()
-            gone = before - self.file_stats().freelist_count
-            if gone <= 0:
-                break
-            freed += gone
-        return freed
-
-    # -- windows for status and metrics ---------------------------------------------------------
-
-    def window_rates(self, now_us: int, windows: Sequence[int] = (300, 3600)) -> list[WindowRates]:
-        """Delivered, dead and requests (all and 2xx) over each trailing window of seconds."""
-        found: list[WindowRates] = []
-        with self.read() as conn:
-            for seconds in windows:
-                since = now_us - to_us(seconds)
-                delivered, requests, ok = conn.execute(
-                    "SELECT coalesce(sum(delivered), 0), count(*), "
-                    "coalesce(sum(status BETWEEN 200 AND 299), 0) FROM dodo_outbox_requests WHERE at >= ?",
-                    (since,),
-                ).fetchone()
-                dead = conn.execute(
-                    "SELECT count(*) FROM dodo_outbox_events WHERE state = 'dead' AND settled_at >= ?",
-                    (since,),
-                ).fetchone()[0]
-                found.append(WindowRates(seconds, int(delivered), int(dead), int(requests), int(ok)))
-        return found
-
-    def delivered_per_minute(self, now_us: int, minutes: int = 60) -> list[int]:
-        """Events delivered in each of the last `minutes` minutes, oldest first (the sparkline)."""
-        start = now_us - minutes * _US_PER_MINUTE
-        buckets = [0] * minutes
-        with self.read() as conn:
-            for bucket, delivered in conn.execute(
-                "SELECT (at - ?) / ?, sum(delivered) FROM dodo_outbox_requests WHERE at >= ? GROUP BY 1",
-                (start, _US_PER_MINUTE, start),
-            ):
-                buckets[min(int(bucket), minutes - 1)] += int(delivered or 0)
-        return buckets
 
 
 def _replay_rows(
@@ -287,3 +91,105 @@ def _replay_rows(
         stamped,
     )
     return ReplayChunk(conn.total_changes - before, conn.total_changes - middle)
+
+
+def dead_rows(db: StoreBase, where: DeadFilter, limit: int = 100, after_id: int = 0) -> list[EventRecord]:
+    """Up to `limit` dead rows matching `where` with id > `after_id`, oldest first (keyset paging:
+    pass the last row's id to get the next page)."""
+    condition, params = dead_where(where)
+    with db.read() as conn:
+        rows = conn.execute(
+            f"SELECT {ROW_COLUMNS} FROM dodo_outbox_events WHERE {condition} AND id > ? ORDER BY id LIMIT ?",
+            (*params, after_id, limit),
+        ).fetchall()
+    return [record_from_row(row) for row in rows]
+
+
+def iter_dead(db: StoreBase, where: DeadFilter, chunk: int = 1000) -> Iterator[EventRecord]:
+    """Every dead row matching `where`, oldest first, read a page at a time (for export)."""
+    after = 0
+    while True:
+        page = dead_rows(db, where, chunk, after)
+        yield from page
+        if len(page) < chunk:
+            return
+        after = page[-1].id
+
+
+def count_dead(db: StoreBase, where: DeadFilter, older_than_us: int | None = None) -> int:
+    """How many dead rows match (and, with `older_than_us`, died before it): dry runs and totals."""
+    condition, params = dead_where(where)
+    if older_than_us is not None:
+        condition += " AND settled_at < ?"
+        params.append(older_than_us)
+    with db.read() as conn:
+        row = conn.execute(f"SELECT count(*) FROM dodo_outbox_events WHERE {condition}", params)
+        return int(row.fetchone()[0])
+
+
+def count_late(db: StoreBase, where: DeadFilter, ts_before_us: int) -> int:
+    """How many matching dead rows have an event time before `ts_before_us` (would be restamped)."""
+    condition, params = dead_where(where)
+    with db.read() as conn:
+        row = conn.execute(
+            f"SELECT count(*) FROM dodo_outbox_events WHERE {condition} AND ts < ?",
+            (*params, ts_before_us),
+        )
+        return int(row.fetchone()[0])
+
+
+def replay(
+    db: StoreBase,
+    where: DeadFilter,
+    now_us: int,
+    restamp_before_us: int | None = None,
+    chunk: int = REPLAY_CHUNK,
+) -> Iterator[ReplayChunk]:
+    """Move matching dead rows back to pending, due now, attempts reset; one transaction per chunk.
+
+    With `restamp_before_us`, rows whose event time is before it get the replay time as their
+    timestamp (see the module docstring). Yields one ReplayChunk per committed chunk; stop
+    iterating to stop replaying (committed chunks stay replayed).
+    """
+    condition, params = dead_where(where)
+    after = 0
+    while True:
+        with db.write() as conn:
+            rows = conn.execute(
+                f"SELECT id, ts, payload, reason, http_status FROM dodo_outbox_events "
+                f"WHERE {condition} AND id > ? ORDER BY id LIMIT ?",
+                (*params, after, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            after = rows[-1][0]
+            step = _replay_rows(conn, rows, now_us, restamp_before_us)
+        yield step
+        if len(rows) < chunk:
+            return
+
+
+def purge_dead(db: StoreBase, older_than_us: int, reason: str | None = None, chunk: int = CHUNK_ROWS) -> int:
+    """Delete dead rows that died before `older_than_us` (optionally of one reason only).
+
+    The only DELETE of dead rows. Returns how many were deleted.
+    """
+    extra, params = ("AND reason = ? ", [reason]) if reason is not None else ("", [])
+    return delete_chunks(
+        db,
+        "DELETE FROM dodo_outbox_events WHERE state = 'dead' AND id IN (SELECT id FROM "
+        "dodo_outbox_events WHERE state = 'dead' AND settled_at < ? " + extra + "LIMIT ?)",
+        [older_than_us, *params],
+        chunk,
+    )
+
+
+def top_dead_reasons(db: StoreBase, limit: int = 5) -> list[tuple[str, int]]:
+    """The commonest dead-letter reasons, most rows first: [(reason, rows), ...]."""
+    with db.read() as conn:
+        rows = conn.execute(
+            "SELECT coalesce(reason, 'unknown'), count(*) FROM dodo_outbox_events "
+            "WHERE state = 'dead' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
+            (limit,),
+        ).fetchall()
+    return [(str(reason), int(n)) for reason, n in rows]
