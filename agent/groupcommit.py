@@ -5,7 +5,7 @@ far, its own included; the others wait, each on its own lock, and usually find t
 when they wake. One thread alone pays one commit per call, with no hand-off to another thread.
 
 Every route an enqueue takes into the store, side by side (SQLite costs; the code is
-`agent.store.sqlite.queue.QueueMixin.insert_groups`, `insert_on` and `agent.store.sqlite.insert`):
+`agent.store.sqlite.queue.insert_groups`, `SqliteStore.insert_on`, `agent.store.sqlite.insert`):
 
 | strategy                 | runs when                              | costs                                  |
 |--------------------------|----------------------------------------|----------------------------------------|

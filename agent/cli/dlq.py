@@ -2,7 +2,7 @@
 
 Dead rows are events Dodo refused for good (or that could not be sent in its window). They stay in the
 outbox until replayed (back to pending) or purged (the only delete of a dead row); see
-agent/store/dlq.py for the SQL and for what `--restamp` does to a payload.
+agent/store/sqlite/dlq.py for the SQL and for what `--restamp` does to a payload.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The agent checks its outbox at every start (PRAGMA quick_check) and moves a damaged file aside to
 `<name>.corrupt-<time>` before starting on a fresh one; this command is what the operator runs next.
-The SQL lives in agent/store/salvage.py.
+The SQL lives in agent/store/sqlite/salvage.py (reached through `agent.store`).
 """
 
 from __future__ import annotations

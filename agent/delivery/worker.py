@@ -216,7 +216,7 @@ class Worker:
 
     def _check_clock(self) -> None:
         """Undo what a step back of the wall clock does to stored retry times and leases (see
-        agent/store/clock.py): at the first drain, bring in anything further ahead than this agent
+        agent/store/sqlite/clock.py): at the first drain, bring in anything further ahead than this agent
         could have scheduled; later, when the wall clock fell behind the monotonic one by more than
         CLOCK_STEP_SECONDS, bring stored instants, the breaker and the pause probe back by the step.
         (Before: a step back of an hour stalled retries, and a dead worker's leases, for an hour.)"""

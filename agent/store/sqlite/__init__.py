@@ -56,7 +56,7 @@ class SqliteStore(StoreBase):
         transaction (creating the outbox tables if that database has none). Never commits."""
         return insert_in_transaction(conn, events, source, now_us)
 
-    # -- queue.py -------------------------------------------------------------------------------------------
+    # -- queue.py --------------------------------------------------------------------------
 
     def insert_groups(
         self, groups: Sequence[tuple[Sequence[Event], str]], now_us: int
@@ -103,7 +103,7 @@ class SqliteStore(StoreBase):
     def next_due_us(self) -> int | None:
         return queue.next_due_us(self)
 
-    # -- dlq.py ---------------------------------------------------------------------------------------------
+    # -- dlq.py --------------------------------------------------------------------------
 
     def dead_rows(self, where: DeadFilter, limit: int = 100, after_id: int = 0) -> list[EventRecord]:
         return dlq.dead_rows(self, where, limit, after_id)
@@ -128,7 +128,7 @@ class SqliteStore(StoreBase):
     def top_dead_reasons(self, limit: int = 5) -> list[tuple[str, int]]:
         return dlq.top_dead_reasons(self, limit)
 
-    # -- retention.py ---------------------------------------------------------------------------------------
+    # -- retention.py --------------------------------------------------------------------------
 
     def prune_delivered(self, settled_before_us: int, chunk: int = CHUNK_ROWS, max_chunks: int = 200) -> int:
         return retention.prune_delivered(self, settled_before_us, chunk, max_chunks)
@@ -142,7 +142,7 @@ class SqliteStore(StoreBase):
     def incremental_vacuum(self, max_pages: int = 100000, step: int = VACUUM_PAGES) -> int:
         return retention.incremental_vacuum(self, max_pages, step)
 
-    # -- stats.py -------------------------------------------------------------------------------------------
+    # -- stats.py --------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
         return stats.counts(self)
@@ -195,7 +195,7 @@ class SqliteStore(StoreBase):
     def explain_claim(self) -> list[str]:
         return stats.explain_claim(self)
 
-    # -- meters.py ------------------------------------------------------------------------------------------
+    # -- meters.py --------------------------------------------------------------------------
 
     def replace_meters(self, rows: Sequence[MeterRow], now_us: int) -> int:
         return meters.replace_meters(self, rows, now_us)
@@ -214,7 +214,7 @@ class SqliteStore(StoreBase):
     def delivered_sample(self, since_us: int, limit: int) -> list[tuple[str, str, str]]:
         return meters.delivered_sample(self, since_us, limit)
 
-    # -- preview.py -----------------------------------------------------------------------------------------
+    # -- preview.py --------------------------------------------------------------------------
 
     def billable_rows(self, from_us: int, until_us: int) -> Iterator[tuple[str, str, int, str, int, str]]:
         return preview.billable_rows(self, from_us, until_us)
@@ -225,7 +225,7 @@ class SqliteStore(StoreBase):
     def explain_billable_rows(self) -> list[str]:
         return preview.explain_billable_rows(self)
 
-    # -- clock.py -------------------------------------------------------------------------------------------
+    # -- clock.py --------------------------------------------------------------------------
 
     def shift_back(self, now_us: int, step_us: int) -> int:
         return clock.shift_back(self, now_us, step_us)

@@ -10,6 +10,7 @@ lie further ahead than its longest delay or its lease, so anything beyond that i
 
 from __future__ import annotations
 
+from agent.store.records import State
 from agent.store.sqlite.connection import StoreBase
 
 
@@ -19,12 +20,12 @@ def shift_back(db: StoreBase, now_us: int, step_us: int) -> int:
     with db.write() as conn:
         moved = conn.execute(
             "UPDATE dodo_outbox_events SET next_attempt_at = max(?, next_attempt_at - ?) "
-            "WHERE state = 'pending' AND next_attempt_at > ?",
+            f"WHERE state = '{State.PENDING}' AND next_attempt_at > ?",
             (now_us, step_us, now_us),
         ).rowcount
         moved += conn.execute(
             "UPDATE dodo_outbox_events SET lease_until = max(?, lease_until - ?) "
-            "WHERE state = 'inflight' AND lease_until > ?",
+            f"WHERE state = '{State.INFLIGHT}' AND lease_until > ?",
             (now_us, step_us, now_us),
         ).rowcount
     return moved
@@ -36,11 +37,12 @@ def cap_future(db: StoreBase, *, now_us: int, max_delay_us: int, lease_us: int) 
     with db.write() as conn:
         moved = conn.execute(
             "UPDATE dodo_outbox_events SET next_attempt_at = ? "
-            "WHERE state = 'pending' AND next_attempt_at > ?",
+            f"WHERE state = '{State.PENDING}' AND next_attempt_at > ?",
             (now_us, now_us + max_delay_us),
         ).rowcount
         moved += conn.execute(
-            "UPDATE dodo_outbox_events SET lease_until = ? WHERE state = 'inflight' AND lease_until > ?",
+            "UPDATE dodo_outbox_events SET lease_until = ? "
+            f"WHERE state = '{State.INFLIGHT}' AND lease_until > ?",
             (now_us + lease_us, now_us + lease_us),
         ).rowcount
     return moved

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 from agent.store.base import CHUNK_ROWS, REPLAY_CHUNK
-from agent.store.records import DeadFilter, EventRecord, ReplayChunk
+from agent.store.records import DeadFilter, EventRecord, ReplayChunk, State
 from agent.store.sqlite.connection import StoreBase
 from agent.store.sqlite.retention import delete_chunks
 from agent.store.sqlite.stats import ROW_COLUMNS, record_from_row
@@ -31,7 +31,7 @@ from agent.timestamps import format_timestamp, from_us, strip_timestamp
 
 def dead_where(wanted: DeadFilter) -> tuple[str, list[object]]:
     """The SQL condition selecting `wanted` (always including `state = 'dead'`) and its parameters."""
-    clauses: list[str] = ["state = 'dead'"]
+    clauses: list[str] = [f"state = '{State.DEAD}'"]
     params: list[object] = []
     if wanted.event_ids:
         clauses.append(f"event_id IN ({','.join('?' * len(wanted.event_ids))})")
@@ -76,18 +76,20 @@ def _replay_rows(
         else:
             plain.append((was, row_id))
     reset = (
-        "state = 'pending', attempts = 0, next_attempt_at = 0, lease_until = NULL, lease_owner = NULL, "
+        f"state = '{State.PENDING}', attempts = 0, next_attempt_at = 0, lease_until = NULL, "
+        "lease_owner = NULL, "
         "settled_at = NULL, reason = NULL, http_status = NULL, response = NULL"
     )
     before = conn.total_changes
     conn.executemany(
-        f"UPDATE dodo_outbox_events SET {reset}, last_error = ? WHERE state = 'dead' AND id = ?", plain
+        f"UPDATE dodo_outbox_events SET {reset}, last_error = ? WHERE state = '{State.DEAD}' AND id = ?",
+        plain,
     )
     middle = conn.total_changes
     conn.executemany(
         # original_ts: the first replay's original survives a second replay (SET reads the old ts).
         f"UPDATE dodo_outbox_events SET {reset}, original_ts = coalesce(original_ts, ts), payload = ?, "
-        "ts = ?, restamped = 1, last_error = ? WHERE state = 'dead' AND id = ?",
+        f"ts = ?, restamped = 1, last_error = ? WHERE state = '{State.DEAD}' AND id = ?",
         stamped,
     )
     return ReplayChunk(conn.total_changes - before, conn.total_changes - middle)
@@ -177,8 +179,8 @@ def purge_dead(db: StoreBase, older_than_us: int, reason: str | None = None, chu
     extra, params = ("AND reason = ? ", [reason]) if reason is not None else ("", [])
     return delete_chunks(
         db,
-        "DELETE FROM dodo_outbox_events WHERE state = 'dead' AND id IN (SELECT id FROM "
-        "dodo_outbox_events WHERE state = 'dead' AND settled_at < ? " + extra + "LIMIT ?)",
+        f"DELETE FROM dodo_outbox_events WHERE state = '{State.DEAD}' AND id IN (SELECT id FROM "
+        f"dodo_outbox_events WHERE state = '{State.DEAD}' AND settled_at < ? " + extra + "LIMIT ?)",
         [older_than_us, *params],
         chunk,
     )
@@ -189,7 +191,7 @@ def top_dead_reasons(db: StoreBase, limit: int = 5) -> list[tuple[str, int]]:
     with db.read() as conn:
         rows = conn.execute(
             "SELECT coalesce(reason, 'unknown'), count(*) FROM dodo_outbox_events "
-            "WHERE state = 'dead' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
+            f"WHERE state = '{State.DEAD}' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
             (limit,),
         ).fetchall()
     return [(str(reason), int(n)) for reason, n in rows]

@@ -11,7 +11,7 @@ import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 
-from agent.store.records import KeyStats, MeterRow, NameStats
+from agent.store.records import KeyStats, MeterRow, NameStats, State
 from agent.store.sqlite.connection import StoreBase
 
 PULLED_AT_KEY = "meters_pulled_at"
@@ -105,7 +105,7 @@ def delivered_sample(db: StoreBase, since_us: int, limit: int) -> list[tuple[str
     with db.read() as conn:
         rows = conn.execute(
             "SELECT event_id, event_name, payload FROM dodo_outbox_events "
-            "WHERE state = 'delivered' AND settled_at >= ? ORDER BY random() LIMIT ?",
+            f"WHERE state = '{State.DELIVERED}' AND settled_at >= ? ORDER BY random() LIMIT ?",
             (since_us, limit),
         ).fetchall()
     return [(str(a), str(b), str(c)) for a, b, c in rows]

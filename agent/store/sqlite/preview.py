@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from agent.store.records import RangeRow
+from agent.store.records import RangeRow, State
 from agent.store.sqlite.connection import StoreBase
 
 RANGE_SQL = (
     "SELECT event_id, event_name, ts, state, restamped, payload FROM dodo_outbox_events "
-    "WHERE ts >= ? AND ts < ? AND state <> 'dead'"
+    f"WHERE ts >= ? AND ts < ? AND state <> '{State.DEAD}'"
 )
 _CHUNK = 5000
 _IDS_PER_QUERY = 500

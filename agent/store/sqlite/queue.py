@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from agent.errors import EventConflictError, OutboxError
 from agent.events import Event
-from agent.store.records import RESPONSE_EXCERPT_CHARS, Claimed, InsertResult
+from agent.store.records import RESPONSE_EXCERPT_CHARS, Claimed, InsertResult, State
 from agent.store.sqlite.connection import StoreBase
 from agent.store.sqlite.insert import (
     INSERT_HEAD,
@@ -40,7 +40,7 @@ __all__ = [
 
 CLAIM_SQL = (
     "SELECT id, event_id, ts, payload, attempts, enqueued_at FROM dodo_outbox_events "
-    "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY ts LIMIT ?"
+    f"WHERE state = '{State.PENDING}' AND next_attempt_at <= ? ORDER BY ts LIMIT ?"
 )
 
 
@@ -139,8 +139,8 @@ def claim(
         if chosen:
             marks = ",".join("?" * len(chosen))
             conn.execute(
-                "UPDATE dodo_outbox_events SET state = 'inflight', attempts = attempts + 1, "
-                f"lease_until = ?, lease_owner = ? WHERE state = 'pending' AND id IN ({marks})",
+                f"UPDATE dodo_outbox_events SET state = '{State.INFLIGHT}', attempts = attempts + 1, "
+                f"lease_until = ?, lease_owner = ? WHERE state = '{State.PENDING}' AND id IN ({marks})",
                 (now_us + lease_us, owner, *[c.id for c in chosen]),
             )
     return chosen
@@ -155,7 +155,7 @@ def _settle(db: StoreBase, sql: str, params: Sequence[object], ids: Sequence[int
             chunk = ids[start : start + 900]
             marks = ",".join("?" * len(chunk))
             cursor = conn.execute(
-                sql + f" WHERE state = 'inflight' AND lease_owner = ? AND id IN ({marks})",
+                sql + f" WHERE state = '{State.INFLIGHT}' AND lease_owner = ? AND id IN ({marks})",
                 (*params, owner, *chunk),
             )
             changed += cursor.rowcount
@@ -168,7 +168,7 @@ def mark_delivered(
     """inflight → delivered for rows this owner still leases. Returns how many moved."""
     changed = _settle(
         db,
-        "UPDATE dodo_outbox_events SET state = 'delivered', settled_at = ?, lease_until = NULL, "
+        f"UPDATE dodo_outbox_events SET state = '{State.DELIVERED}', settled_at = ?, lease_until = NULL, "
         "lease_owner = NULL, last_error = NULL",
         (now_us,),
         ids,
@@ -192,7 +192,7 @@ def mark_retry(
     """
     return _settle(
         db,
-        "UPDATE dodo_outbox_events SET state = 'pending', next_attempt_at = ?, lease_until = NULL, "
+        f"UPDATE dodo_outbox_events SET state = '{State.PENDING}', next_attempt_at = ?, lease_until = NULL, "
         f"lease_owner = NULL, last_error = ?, attempts = attempts - {1 if refund else 0}",
         (next_attempt_us, error[:RESPONSE_EXCERPT_CHARS]),
         ids,
@@ -213,7 +213,7 @@ def mark_dead(
     """inflight → dead with its reason, HTTP status and a bounded excerpt of the response."""
     return _settle(
         db,
-        "UPDATE dodo_outbox_events SET state = 'dead', settled_at = ?, reason = ?, http_status = ?, "
+        f"UPDATE dodo_outbox_events SET state = '{State.DEAD}', settled_at = ?, reason = ?, http_status = ?, "
         "response = ?, last_error = ?, lease_until = NULL, lease_owner = NULL",
         (now_us, reason, http_status, response[:RESPONSE_EXCERPT_CHARS], reason),
         ids,
@@ -225,9 +225,10 @@ def release_expired(db: StoreBase, now_us: int) -> int:
     """inflight rows whose lease passed (their worker died) → pending, due now."""
     with db.write() as conn:
         cursor = conn.execute(
-            "UPDATE dodo_outbox_events SET state = 'pending', next_attempt_at = 0, lease_until = NULL, "
-            "lease_owner = NULL, last_error = 'lease expired: the worker stopped mid-send' "
-            "WHERE state = 'inflight' AND lease_until < ?",
+            f"UPDATE dodo_outbox_events SET state = '{State.PENDING}', next_attempt_at = 0, "
+            "lease_until = NULL, lease_owner = NULL, "
+            "last_error = 'lease expired: the worker stopped mid-send' "
+            f"WHERE state = '{State.INFLIGHT}' AND lease_until < ?",
             (now_us,),
         )
         return cursor.rowcount
@@ -237,8 +238,8 @@ def backlog(db: StoreBase) -> int:
     """Rows not yet delivered or dead (pending + inflight): what capacity limits count."""
     with db.read() as conn:
         row = conn.execute(
-            "SELECT (SELECT count(*) FROM dodo_outbox_events WHERE state = 'pending') + "
-            "(SELECT count(*) FROM dodo_outbox_events WHERE state = 'inflight')"
+            f"SELECT (SELECT count(*) FROM dodo_outbox_events WHERE state = '{State.PENDING}') + "
+            f"(SELECT count(*) FROM dodo_outbox_events WHERE state = '{State.INFLIGHT}')"
         ).fetchone()
         return int(row[0])
 
@@ -247,6 +248,6 @@ def next_due_us(db: StoreBase) -> int | None:
     """When the earliest pending row is due (microseconds), or None when nothing is pending."""
     with db.read() as conn:
         row = conn.execute(
-            "SELECT min(next_attempt_at) FROM dodo_outbox_events WHERE state = 'pending'"
+            f"SELECT min(next_attempt_at) FROM dodo_outbox_events WHERE state = '{State.PENDING}'"
         ).fetchone()
         return None if row[0] is None else int(row[0])

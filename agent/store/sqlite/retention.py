@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agent.store.base import CHUNK_ROWS, VACUUM_PAGES
-from agent.store.records import FileStats
+from agent.store.records import FileStats, State
 from agent.store.sqlite.connection import StoreBase
 
 __all__ = ["delete_chunks", "file_stats", "incremental_vacuum", "prune_delivered", "prune_requests"]
@@ -23,8 +23,8 @@ def prune_delivered(
     `max_chunks` transactions per call (the next run continues). Returns rows deleted."""
     return delete_chunks(
         db,
-        "DELETE FROM dodo_outbox_events WHERE state = 'delivered' AND id IN (SELECT id FROM "
-        "dodo_outbox_events WHERE state = 'delivered' AND settled_at < ? LIMIT ?)",
+        f"DELETE FROM dodo_outbox_events WHERE state = '{State.DELIVERED}' AND id IN (SELECT id FROM "
+        f"dodo_outbox_events WHERE state = '{State.DELIVERED}' AND settled_at < ? LIMIT ?)",
         [settled_before_us],
         chunk,
         max_chunks,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from agent.store.records import EventRecord, WindowRates
+from agent.store.records import EventRecord, State, WindowRates
 from agent.store.sqlite.connection import StoreBase
 from agent.store.sqlite.queue import CLAIM_SQL
 from agent.timestamps import US, to_us
@@ -69,10 +69,10 @@ def counts(db: StoreBase) -> dict[str, int]:
     """Rows per state; every state is present. Each count is served by its partial index."""
     with db.read() as conn:
         row = conn.execute(
-            "SELECT (SELECT count(*) FROM dodo_outbox_events WHERE state = 'pending'), "
-            "(SELECT count(*) FROM dodo_outbox_events WHERE state = 'inflight'), "
-            "(SELECT count(*) FROM dodo_outbox_events WHERE state = 'delivered'), "
-            "(SELECT count(*) FROM dodo_outbox_events WHERE state = 'dead')"
+            f"SELECT (SELECT count(*) FROM dodo_outbox_events WHERE state = '{State.PENDING}'), "
+            f"(SELECT count(*) FROM dodo_outbox_events WHERE state = '{State.INFLIGHT}'), "
+            f"(SELECT count(*) FROM dodo_outbox_events WHERE state = '{State.DELIVERED}'), "
+            f"(SELECT count(*) FROM dodo_outbox_events WHERE state = '{State.DEAD}')"
         ).fetchone()
     return dict(zip(("pending", "inflight", "delivered", "dead"), map(int, row), strict=True))
 
@@ -81,8 +81,9 @@ def oldest_pending_ts_us(db: StoreBase) -> int | None:
     """The event time of the oldest undelivered (pending or inflight) event, or None."""
     with db.read() as conn:
         row = conn.execute(
-            "SELECT min(t) FROM (SELECT min(ts) AS t FROM dodo_outbox_events WHERE state = 'pending' "
-            "UNION ALL SELECT min(ts) FROM dodo_outbox_events WHERE state = 'inflight')"
+            "SELECT min(t) FROM (SELECT min(ts) AS t FROM dodo_outbox_events "
+            f"WHERE state = '{State.PENDING}' "
+            f"UNION ALL SELECT min(ts) FROM dodo_outbox_events WHERE state = '{State.INFLIGHT}')"
         ).fetchone()
     return None if row[0] is None else int(row[0])
 
@@ -91,7 +92,8 @@ def oldest_pending_enqueued_us(db: StoreBase) -> int | None:
     """When the longest-waiting undelivered event was enqueued, or None."""
     with db.read() as conn:
         row = conn.execute(
-            "SELECT min(enqueued_at) FROM dodo_outbox_events WHERE state IN ('pending', 'inflight')"
+            "SELECT min(enqueued_at) FROM dodo_outbox_events "
+            f"WHERE state IN ('{State.PENDING}', '{State.INFLIGHT}')"
         ).fetchone()
     return None if row[0] is None else int(row[0])
 
@@ -155,7 +157,7 @@ def window_rates(db: StoreBase, now_us: int, windows: Sequence[int] = (300, 3600
                 (since,),
             ).fetchone()
             dead = conn.execute(
-                "SELECT count(*) FROM dodo_outbox_events WHERE state = 'dead' AND settled_at >= ?",
+                f"SELECT count(*) FROM dodo_outbox_events WHERE state = '{State.DEAD}' AND settled_at >= ?",
                 (since,),
             ).fetchone()[0]
             found.append(WindowRates(seconds, int(delivered), int(dead), int(requests), int(ok)))
