@@ -100,7 +100,7 @@ def post(agent: Agent, batch: list[dict[str, Any]]) -> httpx.Response:
 
 
 def stored_count(agent: Agent) -> int:
-    assert agent.store is not None
+    assert isinstance(agent.store, Store)  # the SQLite file itself: this test reads it directly
     with agent.store.read() as conn:
         return int(conn.execute("SELECT count(*) FROM dodo_outbox_events").fetchone()[0])
 
@@ -168,7 +168,7 @@ def test_disk_full_refuses_with_429_loses_nothing_and_recovers_by_itself(
     fake.set_faults(outage_seconds=3600)  # nothing is delivered (or pruned) while the disk fills
     acked: set[str] = set()
     with running_agent(tmp_path, fake.url) as agent:
-        assert agent.store is not None
+        assert isinstance(agent.store, Store)  # the SQLite file itself: this test reads its pages
         first = events("first", 50)
         assert post(agent, first).status_code == 200
         acked.update(e["event_id"] for e in first)
