@@ -17,6 +17,7 @@ import click
 from agent.cli import common
 from agent.errors import ConfigError
 from agent.store import Health, SalvageReport, StoreOptions, check_outbox, open_store, salvage
+from agent.timestamps import to_us
 
 
 @click.command()
@@ -54,7 +55,7 @@ def doctor(
         if salvage_into.exists() and salvage_into.resolve() == path.resolve():
             raise click.UsageError("--salvage must name another file than the one being checked")
         with open_store(salvage_into, StoreOptions(synchronous=settings.outbox.synchronous)) as target:
-            report = salvage(path, target, int(time.time() * 1_000_000))
+            report = salvage(path, target, to_us(time.time()))
     if as_json:
         common.print_json(_document(health, report))
     else:

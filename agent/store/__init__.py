@@ -32,8 +32,10 @@ from agent.store.records import (
     WindowRates,
 )
 from agent.store.sqlite import SqliteStore
+from agent.store.sqlite import damage as _damage
 from agent.store.sqlite import salvage as _salvage
-from agent.store.sqlite.salvage import Health, SalvageReport
+from agent.store.sqlite.damage import Health
+from agent.store.sqlite.salvage import SalvageReport
 from agent.store.sqlite.schema import SCHEMA_VERSION
 
 Store = SqliteStore
@@ -51,12 +53,12 @@ def open_store(location: str | Path, options: StoreOptions | None = None) -> Out
 
 def check_outbox(location: Path, *, full: bool = True, limit: int = 20) -> Health:
     """The integrity of the outbox at `location`, read without writing it (`dodo-outbox doctor`)."""
-    return _salvage.check(location, full=full, limit=limit)
+    return _damage.check(location, full=full, limit=limit)
 
 
 def quarantine(location: Path, now: float) -> Path:
     """Move a damaged outbox aside (to `<name>.corrupt-<UTC time>`); returns where it went."""
-    return _salvage.quarantine(location, now)
+    return _damage.quarantine(location, now)
 
 
 def salvage(source: Path, target: OutboxStore, now_us: int) -> SalvageReport:

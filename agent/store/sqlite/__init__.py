@@ -14,7 +14,8 @@ One module per concern; each holds plain functions taking the connection helper 
 | meters.py     | the meter cache and the meter queries                                        |
 | preview.py    | event-time range reads for `meters preview` and `reconcile`                  |
 | clock.py      | repairing stored instants after the wall clock stepped back                  |
-| salvage.py    | checking a damaged file, quarantining it, copying its readable rows          |
+| damage.py     | checking a damaged file's integrity, moving it aside (with its WAL)         |
+| salvage.py    | copying the rows a damaged file still holds into another outbox              |
 
 Why explicit delegation (and not mixins): `SqliteStore` below lists every operation once, each a
 one-line call into the module of its concern, so a reader (or an editor's "go to definition") goes
