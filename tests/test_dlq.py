@@ -112,10 +112,10 @@ def test_replay_by_id_moves_exactly_those_and_resets_them(db: Path) -> None:
 
 def test_replay_by_reason_and_all_in_chunks(db: Path) -> None:
     with Store(db) as store:
-        steps = list(store.replay(DeadFilter(reason="rejected"), us(NOW), chunk=2))
+        steps = list(store.replay(DeadFilter(reason="rejected"), now_us=us(NOW), chunk=2))
         assert [s.moved for s in steps] == [2, 1]
         assert store.counts()["dead"] == 1
-        assert sum(s.moved for s in store.replay(DeadFilter(reason="rejected"), us(NOW))) == 0
+        assert sum(s.moved for s in store.replay(DeadFilter(reason="rejected"), now_us=us(NOW))) == 0
     code, out, _ = cli_run("dlq", "replay", "--all", "--outbox", str(db), "--json")
     assert code == 0 and json.loads(out)["replayed"] == 1
     with Store(db) as store:

@@ -88,7 +88,7 @@ def dlq_list(
     """
     where = DeadFilter(reason=reason, all=reason is None, since_us=_since(since))
     with common.open_store(config_path, outbox_path) as store:
-        rows = store.dead_rows(where, limit)
+        rows = store.dead_rows(where, limit=limit)
         total = store.count_dead(where)
     if as_json:
         common.print_json([r.as_document() for r in rows])
@@ -240,7 +240,7 @@ def _replay_with_progress(
     moved = restamped = 0
     with Progress(*columns, console=common.err, disable=not common.show_progress()) as progress:
         task = progress.add_task("replay", total=total)
-        for step in store.replay(where, int(now * 1_000_000), cutoff):
+        for step in store.replay(where, now_us=int(now * 1_000_000), restamp_before_us=cutoff):
             moved += step.moved
             restamped += step.restamped
             progress.update(task, completed=moved)
@@ -325,7 +325,7 @@ def dlq_purge(
                 abort=True,
                 err=True,
             )
-        deleted = store.purge_dead(cutoff, reason)
+        deleted = store.purge_dead(cutoff, reason=reason)
     common.err.print(f"deleted {deleted} dead-lettered events", markup=False)
 
 

@@ -233,7 +233,7 @@ class Worker:
         step = last[0] + (mono - last[1]) - wall
         if step <= CLOCK_STEP_SECONDS:
             return
-        moved = self.store.shift_back(int(wall * US), int(step * US))
+        moved = self.store.shift_back(now_us=int(wall * US), step_us=int(step * US))
         with self._lock:
             self.breaker.open_until -= step
             self._next_probe -= step

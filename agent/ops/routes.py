@@ -112,7 +112,7 @@ class OpsRoutes:
         limit = min(MAX_PAGE, _int(query.get("limit"), 100, "limit"))
         after = _int(query.get("after"), 0, "after")
         where = DeadFilter(reason=reason, all=reason is None, since_us=since)
-        rows = self.store.dead_rows(where, limit, after)
+        rows = self.store.dead_rows(where, limit=limit, after_id=after)
         return {
             "events": [r.as_document() for r in rows],
             "total": self.store.count_dead(where),
@@ -139,7 +139,7 @@ class OpsRoutes:
         if dry_run:
             result["would_restamp"] = self.store.count_late(where, cutoff) if cutoff is not None else 0
             return result
-        for step in self.store.replay(where, int(now * 1_000_000), cutoff):
+        for step in self.store.replay(where, now_us=int(now * 1_000_000), restamp_before_us=cutoff):
             result["replayed"] += step.moved
             result["restamped"] += step.restamped
         return result
@@ -158,7 +158,7 @@ class OpsRoutes:
         cutoff = int((self.clock() - seconds) * 1_000_000)
         matched = self.store.count_dead(DeadFilter(reason=reason, all=reason is None), older_than_us=cutoff)
         dry_run = payload.get("dry_run") is True
-        purged = 0 if dry_run else self.store.purge_dead(cutoff, reason)
+        purged = 0 if dry_run else self.store.purge_dead(cutoff, reason=reason)
         return {"matched": matched, "purged": purged, "dry_run": dry_run}
 
 

@@ -50,7 +50,7 @@ def build(store: OutboxStore, now: float | None = None, settings: Settings | Non
         "paused_since": None if paused is None else paused.get("since"),
         "rates": {name: rate_document(r) for name, r in zip(WINDOWS, rates, strict=True)},
         "top_dead_reasons": [{"reason": r, "count": n} for r, n in store.top_dead_reasons(5)],
-        "delivered_per_minute": store.delivered_per_minute(now_us, SPARKLINE_MINUTES),
+        "delivered_per_minute": store.delivered_per_minute(now_us, minutes=SPARKLINE_MINUTES),
         "generated_at": round(now, 3),
     } | ({} if settings is None else {"meter_checks": status_section(settings, store, now)})
 

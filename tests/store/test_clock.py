@@ -13,12 +13,12 @@ def test_shift_back_brings_future_retries_and_leases_closer_never_before_now(sto
         for c in store.claim(now_us=NOW_US, limit=10, max_bytes=BIG, lease_us=100 * US, owner="w")
     }
     store.mark_retry([rows["r"].id], owner="w", next_attempt_us=NOW_US + 600 * US, error="503")
-    assert store.shift_back(NOW_US, 300 * US) == 2
+    assert store.shift_back(now_us=NOW_US, step_us=300 * US) == 2
     retry, leased = store.get("r"), store.get("l")
     assert retry is not None and leased is not None
     assert retry.next_attempt_at_us == NOW_US + 300 * US
     assert leased.lease_until_us == NOW_US  # never before now
-    assert store.shift_back(NOW_US, 300 * US) == 1  # the lease no longer lies ahead
+    assert store.shift_back(now_us=NOW_US, step_us=300 * US) == 1  # the lease no longer lies ahead
 
 
 def test_cap_future_brings_in_anything_beyond_the_longest_delay_or_lease(store: OutboxStore) -> None:

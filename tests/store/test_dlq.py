@@ -41,9 +41,11 @@ def test_dead_rows_page_by_id_and_iterate_in_chunks(store: OutboxStore) -> None:
 def test_replay_moves_dead_rows_back_to_pending_reset(store: OutboxStore) -> None:
     add_dead(store, ["a", "b", "c"], reason="rejected", status=400)
     add_dead(store, ["z"], reason="too_large", status=413)
-    steps = list(store.replay(DeadFilter(reason="rejected"), NOW_US, chunk=2))
+    steps = list(store.replay(DeadFilter(reason="rejected"), now_us=NOW_US, chunk=2))
     assert [s.moved for s in steps] == [2, 1] and all(s.restamped == 0 for s in steps)
-    assert sum(s.moved for s in store.replay(DeadFilter(reason="rejected"), NOW_US)) == 0  # no longer dead
+    assert (
+        sum(s.moved for s in store.replay(DeadFilter(reason="rejected"), now_us=NOW_US)) == 0
+    )  # no longer dead
     record = store.get("a")
     assert record is not None
     assert (record.state, record.attempts, record.reason, record.http_status, record.response) == (
@@ -64,7 +66,7 @@ def test_replay_with_restamp_keeps_the_original_timestamp(store: OutboxStore) ->
     add_dead(store, ["fresh"], now=NOW - 60)
     before = store.get("late")
     assert before is not None
-    [step] = store.replay(DeadFilter(all=True), NOW_US, restamp_before_us=us(NOW - 3600))
+    [step] = store.replay(DeadFilter(all=True), now_us=NOW_US, restamp_before_us=us(NOW - 3600))
     assert (step.moved, step.restamped) == (2, 1)
     late, fresh = store.get("late"), store.get("fresh")
     assert late is not None and fresh is not None
@@ -77,14 +79,14 @@ def test_replay_with_restamp_keeps_the_original_timestamp(store: OutboxStore) ->
     assert [c.event_id for c in claimed] == ["fresh", "late"]  # event time: late is now-stamped
     row = claimed[1]
     store.mark_dead([row.id], owner="w", now_us=NOW_US, reason="rejected", http_status=400, response="")
-    list(store.replay(DeadFilter(event_ids=("late",)), NOW_US + US, restamp_before_us=NOW_US + 2 * US))
+    list(store.replay(DeadFilter(event_ids=("late",)), now_us=NOW_US + US, restamp_before_us=NOW_US + 2 * US))
     again = store.get("late")
     assert again is not None and again.original_ts_us == before.ts_us and again.ts_us == NOW_US + US
 
 
 def test_the_original_event_enqueued_again_after_a_restamp_is_a_duplicate(store: OutboxStore) -> None:
     add_dead(store, ["a1"], now=NOW - 7200)
-    list(store.replay(DeadFilter(all=True), NOW_US, restamp_before_us=us(NOW - 3600)))
+    list(store.replay(DeadFilter(all=True), now_us=NOW_US, restamp_before_us=us(NOW - 3600)))
     add_pending(store, ["b1"])  # b1 is new; a1 below is the same event the producer sent before
     from tests.ops_helpers import evs
 

@@ -78,7 +78,7 @@ def test_recent_events_by_name_and_delivered_sample(store: OutboxStore) -> None:
     assert (name.event_name, name.events) == ("api.call", 3)
     [key] = name.keys
     assert (key.key, key.missing) == ("tokens", 1)
-    sample = store.delivered_sample(0, 10)
+    sample = store.delivered_sample(0, limit=10)
     assert [event_id for event_id, *_ in sample] == ["d1"]
 
 

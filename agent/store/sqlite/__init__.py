@@ -106,8 +106,8 @@ class SqliteStore(StoreBase):
 
     # -- dlq.py --------------------------------------------------------------------------
 
-    def dead_rows(self, where: DeadFilter, limit: int = 100, after_id: int = 0) -> list[EventRecord]:
-        return dlq.dead_rows(self, where, limit, after_id)
+    def dead_rows(self, where: DeadFilter, *, limit: int = 100, after_id: int = 0) -> list[EventRecord]:
+        return dlq.dead_rows(self, where, limit=limit, after_id=after_id)
 
     def iter_dead(self, where: DeadFilter, chunk: int = 1000) -> Iterator[EventRecord]:
         return dlq.iter_dead(self, where, chunk)
@@ -119,29 +119,36 @@ class SqliteStore(StoreBase):
         return dlq.count_late(self, where, ts_before_us)
 
     def replay(
-        self, where: DeadFilter, now_us: int, restamp_before_us: int | None = None, chunk: int = REPLAY_CHUNK
+        self,
+        where: DeadFilter,
+        *,
+        now_us: int,
+        restamp_before_us: int | None = None,
+        chunk: int = REPLAY_CHUNK,
     ) -> Iterator[ReplayChunk]:
-        return dlq.replay(self, where, now_us, restamp_before_us, chunk)
+        return dlq.replay(self, where, now_us=now_us, restamp_before_us=restamp_before_us, chunk=chunk)
 
-    def purge_dead(self, older_than_us: int, reason: str | None = None, chunk: int = CHUNK_ROWS) -> int:
-        return dlq.purge_dead(self, older_than_us, reason, chunk)
+    def purge_dead(self, older_than_us: int, *, reason: str | None = None, chunk: int = CHUNK_ROWS) -> int:
+        return dlq.purge_dead(self, older_than_us, reason=reason, chunk=chunk)
 
     def top_dead_reasons(self, limit: int = 5) -> list[tuple[str, int]]:
         return dlq.top_dead_reasons(self, limit)
 
     # -- retention.py --------------------------------------------------------------------------
 
-    def prune_delivered(self, settled_before_us: int, chunk: int = CHUNK_ROWS, max_chunks: int = 200) -> int:
-        return retention.prune_delivered(self, settled_before_us, chunk, max_chunks)
+    def prune_delivered(
+        self, settled_before_us: int, *, chunk: int = CHUNK_ROWS, max_chunks: int = 200
+    ) -> int:
+        return retention.prune_delivered(self, settled_before_us, chunk=chunk, max_chunks=max_chunks)
 
-    def prune_requests(self, before_us: int, chunk: int = CHUNK_ROWS, max_chunks: int = 200) -> int:
-        return retention.prune_requests(self, before_us, chunk, max_chunks)
+    def prune_requests(self, before_us: int, *, chunk: int = CHUNK_ROWS, max_chunks: int = 200) -> int:
+        return retention.prune_requests(self, before_us, chunk=chunk, max_chunks=max_chunks)
 
     def file_stats(self) -> FileStats:
         return retention.file_stats(self)
 
-    def incremental_vacuum(self, max_pages: int = 100000, step: int = VACUUM_PAGES) -> int:
-        return retention.incremental_vacuum(self, max_pages, step)
+    def incremental_vacuum(self, *, max_pages: int = 100000, step: int = VACUUM_PAGES) -> int:
+        return retention.incremental_vacuum(self, max_pages=max_pages, step=step)
 
     # -- stats.py --------------------------------------------------------------------------
 
@@ -190,8 +197,8 @@ class SqliteStore(StoreBase):
     def window_rates(self, now_us: int, windows: Sequence[int] = (300, 3600)) -> list[WindowRates]:
         return stats.window_rates(self, now_us, windows)
 
-    def delivered_per_minute(self, now_us: int, minutes: int = 60) -> list[int]:
-        return stats.delivered_per_minute(self, now_us, minutes)
+    def delivered_per_minute(self, now_us: int, *, minutes: int = 60) -> list[int]:
+        return stats.delivered_per_minute(self, now_us, minutes=minutes)
 
     def explain_claim(self) -> list[str]:
         return stats.explain_claim(self)
@@ -212,8 +219,8 @@ class SqliteStore(StoreBase):
     ) -> list[NameStats]:
         return meters.recent_events_by_name(self, since_us, keys_by_name, max_rows)
 
-    def delivered_sample(self, since_us: int, limit: int) -> list[tuple[str, str, str]]:
-        return meters.delivered_sample(self, since_us, limit)
+    def delivered_sample(self, since_us: int, *, limit: int) -> list[tuple[str, str, str]]:
+        return meters.delivered_sample(self, since_us, limit=limit)
 
     # -- preview.py --------------------------------------------------------------------------
 
@@ -228,8 +235,8 @@ class SqliteStore(StoreBase):
 
     # -- clock.py --------------------------------------------------------------------------
 
-    def shift_back(self, now_us: int, step_us: int) -> int:
-        return clock.shift_back(self, now_us, step_us)
+    def shift_back(self, *, now_us: int, step_us: int) -> int:
+        return clock.shift_back(self, now_us=now_us, step_us=step_us)
 
     def cap_future(self, *, now_us: int, max_delay_us: int, lease_us: int) -> int:
         return clock.cap_future(self, now_us=now_us, max_delay_us=max_delay_us, lease_us=lease_us)

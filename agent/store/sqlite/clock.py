@@ -14,7 +14,7 @@ from agent.store.records import State
 from agent.store.sqlite.connection import StoreBase
 
 
-def shift_back(db: StoreBase, now_us: int, step_us: int) -> int:
+def shift_back(db: StoreBase, *, now_us: int, step_us: int) -> int:
     """Bring every pending retry time and inflight lease still after `now_us` `step_us` closer
     (never before `now_us`). Returns the rows changed."""
     with db.write() as conn:

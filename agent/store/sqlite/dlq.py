@@ -95,7 +95,7 @@ def _replay_rows(
     return ReplayChunk(conn.total_changes - before, conn.total_changes - middle)
 
 
-def dead_rows(db: StoreBase, where: DeadFilter, limit: int = 100, after_id: int = 0) -> list[EventRecord]:
+def dead_rows(db: StoreBase, where: DeadFilter, *, limit: int = 100, after_id: int = 0) -> list[EventRecord]:
     """Up to `limit` dead rows matching `where` with id > `after_id`, oldest first (keyset paging:
     pass the last row's id to get the next page)."""
     condition, params = dead_where(where)
@@ -111,7 +111,7 @@ def iter_dead(db: StoreBase, where: DeadFilter, chunk: int = 1000) -> Iterator[E
     """Every dead row matching `where`, oldest first, read a page at a time (for export)."""
     after = 0
     while True:
-        page = dead_rows(db, where, chunk, after)
+        page = dead_rows(db, where, limit=chunk, after_id=after)
         yield from page
         if len(page) < chunk:
             return
@@ -143,6 +143,7 @@ def count_late(db: StoreBase, where: DeadFilter, ts_before_us: int) -> int:
 def replay(
     db: StoreBase,
     where: DeadFilter,
+    *,
     now_us: int,
     restamp_before_us: int | None = None,
     chunk: int = REPLAY_CHUNK,
@@ -171,7 +172,9 @@ def replay(
             return
 
 
-def purge_dead(db: StoreBase, older_than_us: int, reason: str | None = None, chunk: int = CHUNK_ROWS) -> int:
+def purge_dead(
+    db: StoreBase, older_than_us: int, *, reason: str | None = None, chunk: int = CHUNK_ROWS
+) -> int:
     """Delete dead rows that died before `older_than_us` (optionally of one reason only).
 
     The only DELETE of dead rows. Returns how many were deleted.

@@ -100,7 +100,7 @@ def _key_stats(conn: sqlite3.Connection, since_us: int, max_rows: int, name: str
     return KeyStats(key, int(row[0]), int(row[1]), int(row[2]), row[3], row[4], row[5])
 
 
-def delivered_sample(db: StoreBase, since_us: int, limit: int) -> list[tuple[str, str, str]]:
+def delivered_sample(db: StoreBase, since_us: int, *, limit: int) -> list[tuple[str, str, str]]:
     """Up to `limit` random delivered events settled since `since_us`: (event_id, event_name, payload)."""
     with db.read() as conn:
         rows = conn.execute(

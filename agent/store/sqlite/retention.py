@@ -17,7 +17,7 @@ __all__ = ["delete_chunks", "file_stats", "incremental_vacuum", "prune_delivered
 
 
 def prune_delivered(
-    db: StoreBase, settled_before_us: int, chunk: int = CHUNK_ROWS, max_chunks: int = 200
+    db: StoreBase, settled_before_us: int, *, chunk: int = CHUNK_ROWS, max_chunks: int = 200
 ) -> int:
     """Delete delivered rows settled before the cutoff, `chunk` per transaction, at most
     `max_chunks` transactions per call (the next run continues). Returns rows deleted."""
@@ -31,7 +31,7 @@ def prune_delivered(
     )
 
 
-def prune_requests(db: StoreBase, before_us: int, chunk: int = CHUNK_ROWS, max_chunks: int = 200) -> int:
+def prune_requests(db: StoreBase, before_us: int, *, chunk: int = CHUNK_ROWS, max_chunks: int = 200) -> int:
     """Delete request-log rows older than the cutoff, in chunks like `prune_delivered`."""
     return delete_chunks(
         db,
@@ -64,7 +64,7 @@ def file_stats(db: StoreBase) -> FileStats:
     return FileStats(size, count, free)
 
 
-def incremental_vacuum(db: StoreBase, max_pages: int = 100_000, step: int = VACUUM_PAGES) -> int:
+def incremental_vacuum(db: StoreBase, *, max_pages: int = 100_000, step: int = VACUUM_PAGES) -> int:
     """Hand free pages back to the file system, `step` pages per transaction; returns pages freed.
 
     Works on files created with auto_vacuum = INCREMENTAL (every outbox this version creates);

@@ -164,7 +164,7 @@ def window_rates(db: StoreBase, now_us: int, windows: Sequence[int] = (300, 3600
     return found
 
 
-def delivered_per_minute(db: StoreBase, now_us: int, minutes: int = 60) -> list[int]:
+def delivered_per_minute(db: StoreBase, now_us: int, *, minutes: int = 60) -> list[int]:
     """Events delivered in each of the last `minutes` minutes, oldest first (the sparkline)."""
     start = now_us - minutes * _US_PER_MINUTE
     buckets = [0] * minutes
