@@ -260,13 +260,15 @@ def test_disk_full_refuses_cleanly_and_recovers(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     with Outbox(path) as outbox:
         outbox.enqueue(event(0))
-        pages = outbox.store.conn.execute("PRAGMA page_count").fetchone()[0]
-        outbox.store.conn.execute(f"PRAGMA max_page_count = {pages}")
+        sqlite_store = outbox.store
+        assert isinstance(sqlite_store, Store)  # the SQLite file's page limit fakes a full disk
+        pages = sqlite_store.conn.execute("PRAGMA page_count").fetchone()[0]
+        sqlite_store.conn.execute(f"PRAGMA max_page_count = {pages}")
         big = [event(i, blob="x" * 400) for i in range(1, 200)]
         with pytest.raises(OutboxFullError, match="disk"):
             outbox.enqueue_many(big)
         assert stored_ids(path) == {"e0"}
-        outbox.store.conn.execute("PRAGMA max_page_count = 1073741823")
+        sqlite_store.conn.execute("PRAGMA max_page_count = 1073741823")
         assert len(outbox.enqueue_many(big).new) == 199
 
 
