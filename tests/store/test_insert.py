@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import pytest
+
 from agent.errors import EventConflictError
 from agent.events import Event, validate_many
 from agent.store import InsertResult, OutboxStore
@@ -100,12 +102,9 @@ def test_insert_on_the_callers_transaction_keeps_the_same_rules(
     tx = caller_transaction()
     again = store.insert_on(tx.conn, events("a", now=NOW + 5), "library", 2)
     assert again.new == [] and again.duplicates == ["a"]
-    try:
+    with pytest.raises(EventConflictError) as refused:
         store.insert_on(tx.conn, events("b", "a", n=2), "library", 3)
-    except EventConflictError as exc:
-        assert exc.event_ids == ("a",)
-    else:
-        raise AssertionError("a conflicting event was taken")
+    assert refused.value.event_ids == ("a",)
     tx.rollback()
     assert store.get("b") is None
 

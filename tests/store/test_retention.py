@@ -32,10 +32,3 @@ def test_prune_requests_takes_only_old_request_log_rows(store: OutboxStore) -> N
         )
     assert store.prune_requests(us(NOW - 4 * HOUR), chunk=1) == 2
     assert store.window_rates(us(NOW), (24 * HOUR,))[0].requests == 2
-
-
-def test_incremental_vacuum_returns_pages_it_frees(store: OutboxStore) -> None:
-    freed = store.incremental_vacuum()
-    assert freed >= 0
-    stats = store.file_stats()
-    assert stats.size_bytes >= stats.free_bytes >= 0
