@@ -1,14 +1,11 @@
 """The library API: `Outbox(path).enqueue(event)`. Validates, then commits before returning.
 
-Group commit: concurrent `enqueue` calls from many threads share one transaction. The first caller to
-find no commit in progress becomes the leader and commits every call queued so far, its own included;
-the others wait on the commit lock and usually find their work already durable when they get it. One
-thread alone pays one commit per call, with no hand-off to another thread.
+Concurrent `enqueue` calls share one commit (group commit, agent/groupcommit.py, which also tables
+every insert strategy and when each runs); `conn=` writes inside the caller's own transaction.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,9 +13,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import EventConflictError, InvalidEventError, OutboxError, OutboxFullError, Problem
+from agent.errors import InvalidEventError, OutboxFullError, Problem
 from agent.events import MAX_EVENT_AGE_SECONDS, Event, check_event, validate_many
-from agent.store import InsertResult, Retimed, Store, StoreOptions, insert_in_transaction
+from agent.groupcommit import GroupCommit
+from agent.store import OutboxStore, Retimed, StoreOptions, open_store
+from agent.timestamps import to_us
 
 if TYPE_CHECKING:
     import sqlite3
@@ -62,25 +61,6 @@ class EnqueueResult:
         return len(self.new)
 
 
-class _Pending:
-    """One enqueue call in the group-commit queue.
-
-    `wake` is None for a call that leads at once. A call that has to wait gets a lock that is held
-    from the start; its thread blocks acquiring it, and the leader releases it once the call is settled
-    (`done`) or to promote the call to lead the next batch.
-    """
-
-    __slots__ = ("done", "error", "events", "result", "source", "wake")
-
-    def __init__(self, events: Sequence[Event], source: str) -> None:
-        self.events = events
-        self.source = source
-        self.result: InsertResult | None = None
-        self.error: BaseException | None = None
-        self.done = False
-        self.wake: threading.Lock | None = None
-
-
 class Outbox:
     """A durable outbox file. Thread-safe; use one per process (or per file) and share it.
 
@@ -97,11 +77,11 @@ class Outbox:
         max_bytes: int = 0,
         source: str = "library",
         clock: Callable[[], float] = time.time,
-        store: Store | None = None,
+        store: OutboxStore | None = None,
         checker: Checker | None = None,
         max_event_age: float = MAX_EVENT_AGE_SECONDS,
     ) -> None:
-        self.store = store or Store(path, StoreOptions(synchronous=synchronous))
+        self.store = store or open_store(path, StoreOptions(synchronous=synchronous))
         self.path = self.store.path
         self.max_events = max_events
         self.max_bytes = max_bytes
@@ -110,10 +90,7 @@ class Outbox:
         self._used_bytes = 0
         self.source = source
         self._clock = clock
-        self._queue: list[_Pending] = []
-        self._queue_lock = threading.Lock()
-        self._commit_lock = threading.Lock()
-        self._leading = False  # a leader is committing; guarded by _queue_lock
+        self._group = GroupCommit(self.store)
         self._listeners: list[Listener] = []
         self.checker = checker
         self._backlog = 0
@@ -143,7 +120,7 @@ class Outbox:
 
     def close(self) -> None:
         """Close the file. Calls in progress finish first."""
-        with self._commit_lock:
+        with self._group.commit_lock:
             self.store.close()
 
     def set_checker(self, checker: Checker | None) -> None:
@@ -198,12 +175,12 @@ class Outbox:
         if not events:
             return EnqueueResult(source=source)
         checked = list(self.checker(events)) if self.checker is not None else []
-        now_us = int(self._clock() * 1_000_000)
+        now_us = to_us(self._clock())
         if conn is not None:
-            inserted = insert_in_transaction(conn, events, source, now_us)
+            inserted = self.store.insert_on(conn, events, source, now_us)
         else:
             self._check_capacity(len(events))
-            inserted = self._group_commit(events, source, now_us)
+            inserted = self._group.commit(events, source, now_us)
         result = EnqueueResult(
             new=inserted.new,
             duplicates=inserted.duplicates,
@@ -217,89 +194,6 @@ class Outbox:
             for listener in self._listeners:
                 listener(result)
         return result
-
-    def _group_commit(self, events: Sequence[Event], source: str, now_us: int) -> InsertResult:
-        item: _Pending | None = None
-        with self._queue_lock:
-            # The queue holds calls only while a leader commits. With none, this call leads at once:
-            # one thread alone pays one commit per call, with no hand-off to another thread.
-            if self._leading:
-                item = _Pending(events, source)
-                item.wake = threading.Lock()
-                item.wake.acquire()
-                self._queue.append(item)
-            else:
-                self._leading = True
-        if item is None:
-            return self._commit_alone(events, source, now_us)
-        assert item.wake is not None
-        # Each waiter sleeps on its own lock (not on one shared lock or condition): the leader wakes
-        # exactly the calls it settled and one successor, so no convoy forms through a shared lock.
-        item.wake.acquire()
-        if not item.done:
-            self._lead(item, now_us)
-        if item.error is not None:
-            raise item.error
-        assert item.result is not None
-        return item.result
-
-    def _commit_alone(self, events: Sequence[Event], source: str, now_us: int) -> InsertResult:
-        """The leader's path when nobody was waiting: commit this call alone, then hand on the lead.
-
-        The same as _lead with a batch of one, without the queue's bookkeeping (the uncontended
-        single-thread case is the library's most common call).
-        """
-        try:
-            with self._commit_lock:
-                [outcome] = self.store.insert_groups([(events, source)], now_us)
-        finally:
-            self._hand_on()
-        if isinstance(outcome, EventConflictError):
-            raise outcome
-        return outcome
-
-    def _hand_on(self) -> None:
-        """Promote the first waiting call to leader, or mark that no leader is committing."""
-        with self._queue_lock:
-            successor = self._queue[0] if self._queue else None
-            if successor is None:
-                self._leading = False
-        if successor is not None and successor.wake is not None:
-            successor.wake.release()  # not done: it wakes up as the next leader
-
-    def _lead(self, own: _Pending, now_us: int) -> None:
-        """Commit every queued call (`own` included) in one transaction, settle them, hand on the lead."""
-        with self._queue_lock:
-            batch, self._queue = self._queue, []
-        try:
-            with self._commit_lock:
-                self._commit(batch, now_us)
-        finally:
-            for pending in batch:
-                if not pending.done:  # only after an interrupt (KeyboardInterrupt) inside the commit
-                    pending.error = OutboxError(
-                        "the commit was interrupted; nothing of this call is known stored"
-                    )
-                    pending.done = True
-            for pending in batch:
-                if pending.wake is not None and pending is not own:
-                    pending.wake.release()
-            self._hand_on()
-
-    def _commit(self, batch: list[_Pending], now_us: int) -> None:
-        try:
-            results = self.store.insert_groups([(p.events, p.source) for p in batch], now_us)
-        except OutboxError as exc:
-            for pending in batch:
-                pending.error = exc
-                pending.done = True
-            return
-        for pending, outcome in zip(batch, results, strict=True):
-            if isinstance(outcome, EventConflictError):
-                pending.error = outcome
-            else:
-                pending.result = outcome
-            pending.done = True
 
     def _check_capacity(self, adding: int) -> None:
         """Refuse at max_events undelivered events or max_bytes of used pages.

@@ -38,8 +38,7 @@ from agent.ops.retention import run_retention
 from agent.ops.routes import ops_routes
 from agent.outbox import Outbox
 from agent.preflight import check_settings
-from agent.store import Store, StoreOptions
-from agent.store.salvage import quarantine
+from agent.store import OutboxStore, StoreOptions, open_store, quarantine
 
 log = logs.get_logger(__name__)
 
@@ -55,7 +54,7 @@ class Agent:
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
     stop_timeout: float = 20.0
     dry_run: bool = False
-    store: Store | None = None
+    store: OutboxStore | None = None
     outbox: Outbox | None = None
     worker: Worker | None = None
     scheduler: AgentScheduler | None = None
@@ -131,7 +130,7 @@ class Agent:
         systemd.ready(f"delivering to {settings.dodo.url}", self.environ)
         return self
 
-    def _open_store(self) -> Store:
+    def _open_store(self) -> OutboxStore:
         """Open the outbox after PRAGMA quick_check. A damaged file is moved aside (with its WAL) to
         `<name>.corrupt-<time>` and a fresh outbox is started, so the agent keeps accepting events
         instead of failing at every restart; the error log says where the file went and how to
@@ -139,7 +138,7 @@ class Agent:
         path = self.settings.outbox_path
         options = StoreOptions(synchronous=self.settings.outbox.synchronous, check_integrity=True)
         try:
-            return Store(path, options)
+            return open_store(path, options)
         except OutboxCorruptError as exc:
             try:
                 moved = quarantine(path, time.time())
@@ -157,9 +156,9 @@ class Agent:
                     f"may keep running): dodo-outbox doctor --outbox {moved} --salvage {path}"
                 ),
             )
-            return Store(path, options)
+            return open_store(path, options)
 
-    def _store(self) -> Store:
+    def _store(self) -> OutboxStore:
         assert self.store is not None
         return self.store
 

@@ -13,7 +13,7 @@ from agent.config import DeliverySettings, DodoSettings, Settings
 from agent.delivery.client import DodoClient
 from agent.delivery.worker import Worker
 from agent.events import Event, validate
-from agent.store import Store
+from agent.store import OutboxStore, Store
 
 KEY = "test_key"
 """The API key the `fake` emulator accepts (a module may set its own KEY)."""
@@ -46,6 +46,14 @@ def make_settings(url: str, **delivery: Any) -> Settings:
     return Settings(dodo=DodoSettings(base_url=url), delivery=DeliverySettings(**{**FAST, **delivery}))
 
 
-def make_worker(store: Store, settings: Settings, environ: dict[str, str] | None = None, **kw: Any) -> Worker:
+def make_worker(
+    store: OutboxStore, settings: Settings, environ: dict[str, str] | None = None, **kw: Any
+) -> Worker:
     env = {"DODO_PAYMENTS_API_KEY": KEY} if environ is None else environ
     return Worker(store, settings, DodoClient.from_settings(settings), environ=env, **kw)
+
+
+def sqlite_of(store: OutboxStore) -> Store:
+    """The SQLite store behind `store`, for tests that read the outbox file's tables directly."""
+    assert isinstance(store, Store), f"this test reads SQLite tables; the store is {type(store).__name__}"
+    return store

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from agent.events import Event, validate_many
-from agent.store import Store
+from agent.store import OutboxStore
 
 US = 1_000_000
 NOW = time.time()
@@ -34,20 +34,20 @@ def evs(ids: list[str], ts: float, **metadata: Any) -> list[Event]:
 
 
 def add_pending(
-    store: Store, ids: list[str], *, now: float | None = None, ts: float | None = None, **meta: Any
+    store: OutboxStore, ids: list[str], *, now: float | None = None, ts: float | None = None, **meta: Any
 ) -> None:
     now = NOW if now is None else now
     store.insert_groups([(evs(ids, now if ts is None else ts, **meta), "cli")], us(now))
 
 
-def _claim(store: Store, ids: list[str], now: float) -> list[int]:
-    claimed = store.claim(us(now), 1000, 1 << 30, 60 * US, OWNER)
+def _claim(store: OutboxStore, ids: list[str], now: float) -> list[int]:
+    claimed = store.claim(now_us=us(now), limit=1000, max_bytes=1 << 30, lease_us=60 * US, owner=OWNER)
     assert sorted(c.event_id for c in claimed) == sorted(ids), "add pending rows last"
     return [c.id for c in claimed]
 
 
 def add_dead(
-    store: Store,
+    store: OutboxStore,
     ids: list[str],
     *,
     now: float | None = None,
@@ -59,18 +59,25 @@ def add_dead(
 ) -> None:
     now = NOW if now is None else now
     add_pending(store, ids, now=now, ts=ts, **meta)
-    assert store.mark_dead(_claim(store, ids, now), OWNER, us(now), reason, status, response) == len(ids)
+    assert store.mark_dead(
+        _claim(store, ids, now),
+        owner=OWNER,
+        now_us=us(now),
+        reason=reason,
+        http_status=status,
+        response=response,
+    ) == len(ids)
 
 
 def add_delivered(
-    store: Store, ids: list[str], *, now: float | None = None, ts: float | None = None, **meta: Any
+    store: OutboxStore, ids: list[str], *, now: float | None = None, ts: float | None = None, **meta: Any
 ) -> None:
     now = NOW if now is None else now
     add_pending(store, ids, now=now, ts=ts, **meta)
-    assert store.mark_delivered(_claim(store, ids, now), OWNER, us(now)) == len(ids)
+    assert store.mark_delivered(_claim(store, ids, now), owner=OWNER, now_us=us(now)) == len(ids)
 
 
-def state_of(store: Store, event_id: str) -> str:
+def state_of(store: OutboxStore, event_id: str) -> str:
     record = store.get(event_id)
     assert record is not None
     return record.state

@@ -25,7 +25,7 @@ from agent.ops import status as status_module
 from agent.ops.routes import ops_routes
 from agent.outbox import Outbox
 from agent.store import DeadFilter, Store
-from agent.store.dlq import restamped_payload
+from agent.store.sqlite.dlq import restamped_payload
 from tests.ops_helpers import NOW, add_dead, add_delivered, add_pending, state_of, us
 
 TOKEN = "ops-token-5678"
@@ -118,10 +118,10 @@ def test_replay_by_id_moves_exactly_those_and_resets_them(db: Path) -> None:
 
 def test_replay_by_reason_and_all_in_chunks(db: Path) -> None:
     with Store(db) as store:
-        steps = list(store.replay(DeadFilter(reason="rejected"), us(NOW), chunk=2))
+        steps = list(store.replay(DeadFilter(reason="rejected"), now_us=us(NOW), chunk=2))
         assert [s.moved for s in steps] == [2, 1]
         assert store.counts()["dead"] == 1
-        assert sum(s.moved for s in store.replay(DeadFilter(reason="rejected"), us(NOW))) == 0
+        assert sum(s.moved for s in store.replay(DeadFilter(reason="rejected"), now_us=us(NOW))) == 0
     code, out, _ = cli_run("dlq", "replay", "--all", "--outbox", str(db), "--json")
     assert code == 0 and json.loads(out)["replayed"] == 1
     with Store(db) as store:
@@ -290,13 +290,17 @@ def test_restamp_keeps_the_original_timestamp_after_delivery(tmp_path: Path) -> 
     with Store(db) as store:
         [stored] = store.insert_groups([(validate_many([raw], NOW), "cli")], us(NOW - 7000))
         assert not isinstance(stored, Exception)
-        [claimed] = store.claim(us(NOW - 7000), 10, 1 << 20, us(60), "w")
-        store.mark_dead([claimed.id], "w", us(NOW - 7000), "rejected", 400, "no")
+        [claimed] = store.claim(
+            now_us=us(NOW - 7000), limit=10, max_bytes=1 << 20, lease_us=us(60), owner="w"
+        )
+        store.mark_dead(
+            [claimed.id], owner="w", now_us=us(NOW - 7000), reason="rejected", http_status=400, response="no"
+        )
     code, _, _ = cli_run("dlq", "replay", "--all", "--restamp", "--outbox", str(db))
     assert code == 0
     with Store(db) as store:
-        [claimed] = store.claim(us(NOW + 1), 10, 1 << 20, us(60), "w")
-        assert store.mark_delivered([claimed.id], "w", us(NOW + 1)) == 1  # clears last_error
+        [claimed] = store.claim(now_us=us(NOW + 1), limit=10, max_bytes=1 << 20, lease_us=us(60), owner="w")
+        assert store.mark_delivered([claimed.id], owner="w", now_us=us(NOW + 1)) == 1  # clears last_error
     code, out, _ = cli_run("events", "show", "x1", "--json", "--outbox", str(db))
     document = json.loads(out)
     assert document["state"] == "delivered" and document["last_error"] is None

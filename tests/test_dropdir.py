@@ -196,8 +196,8 @@ def test_back_pressure_leaves_the_file_in_new(make_spool: Callable[..., tuple[Dr
     assert not any(spool.done.iterdir()) and not any(spool.rejected.iterdir())
     # The worker delivers the backlog; the next scan finishes the file.
     now_us = int(time.time() * 1e6)
-    claimed = outbox.store.claim(now_us, 100, 1 << 20, 60_000_000, "w")
-    outbox.store.mark_delivered([c.id for c in claimed], "w", now_us)
+    claimed = outbox.store.claim(now_us=now_us, limit=100, max_bytes=1 << 20, lease_us=60_000_000, owner="w")
+    outbox.store.mark_delivered([c.id for c in claimed], owner="w", now_us=now_us)
     assert [f.outcome for f in spool.scan().files] == ["done"]
     assert len(stored(outbox.path)) == 8
 

@@ -132,8 +132,20 @@ def config_path(tmp_path: Path) -> Path:
     with Outbox(outbox) as box:
         # A dead event is not billed: stored and dead-lettered before the others arrive.
         box.enqueue(ev("d1", "api.call", "cus_b", 3))
-        claimed = box.store.claim(int(time.time() * 1e6), 10, 10_000_000, 60_000_000, "test")
-        assert box.store.mark_dead([c.id for c in claimed], "test", 0, "refused", 400, "{}") == 1
+        claimed = box.store.claim(
+            now_us=int(time.time() * 1e6), limit=10, max_bytes=10_000_000, lease_us=60_000_000, owner="test"
+        )
+        assert (
+            box.store.mark_dead(
+                [c.id for c in claimed],
+                owner="test",
+                now_us=0,
+                reason="refused",
+                http_status=400,
+                response="{}",
+            )
+            == 1
+        )
         for body in EVENTS:  # one by one: arrival order is list order
             box.enqueue(body)
     path = tmp_path / "agent.toml"

@@ -337,8 +337,10 @@ def deliver(outbox: Outbox, count: int) -> list[str]:
     ids = [f"v{i}" for i in range(count)]
     outbox.enqueue_many([event("api.call", event_id) for event_id in ids])
     now_us = int(time.time() * 1_000_000)
-    claimed = outbox.store.claim(now_us, count, 10_000_000, 60_000_000, "test")
-    assert outbox.store.mark_delivered([c.id for c in claimed], "test", now_us) == count
+    claimed = outbox.store.claim(
+        now_us=now_us, limit=count, max_bytes=10_000_000, lease_us=60_000_000, owner="test"
+    )
+    assert outbox.store.mark_delivered([c.id for c in claimed], owner="test", now_us=now_us) == count
     return ids
 
 

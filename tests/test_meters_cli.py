@@ -72,8 +72,10 @@ def deliver(tmp_path: Path, count: int) -> None:
         )
     with Store(tmp_path / "o.db") as store:
         now_us = int(time.time() * 1_000_000)
-        claimed = store.claim(now_us, count, 10_000_000, 60_000_000, "test")
-        assert store.mark_delivered([c.id for c in claimed], "test", now_us) == count
+        claimed = store.claim(
+            now_us=now_us, limit=count, max_bytes=10_000_000, lease_us=60_000_000, owner="test"
+        )
+        assert store.mark_delivered([c.id for c in claimed], owner="test", now_us=now_us) == count
 
 
 def test_verify_exits_75_with_json_when_dodo_cannot_be_reached(tmp_path: Path) -> None:

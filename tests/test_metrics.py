@@ -111,8 +111,8 @@ def test_record_functions_count_what_they_are_told() -> None:
 
 def test_outbox_gauges_match_the_outbox(store: Store) -> None:
     add_delivered(store, [f"d{i}" for i in range(9)], now=NOW - 100)
-    store.record_request(us(NOW - 100), 200, "delivered", 9, delivered=9)
-    store.record_request(us(NOW - 90), 400, "reject", 1, dead=1)
+    store.record_request(now_us=us(NOW - 100), status=200, outcome="delivered", events=9, delivered=9)
+    store.record_request(now_us=us(NOW - 90), status=400, outcome="reject", events=1, dead=1)
     add_dead(store, ["x1"], now=NOW - 90)
     add_pending(store, ["p1", "p2"], now=NOW - 600)
     status.write_pause(store, "Dodo refused the API key from env with HTTP 401", NOW, kind="auth")

@@ -147,8 +147,10 @@ with Store(sys.argv[1]) as store:
     done = 0
     deadline = time.time() + 60
     while done < int(sys.argv[2]) and time.time() < deadline:
-        rows = store.claim(int(time.time() * 1e6) + 10**9, 100, 10**7, 10**8, "drainer")
-        done += store.mark_delivered([r.id for r in rows], "drainer", int(time.time() * 1e6))
+        rows = store.claim(
+            now_us=int(time.time() * 1e6) + 10**9, limit=100, max_bytes=10**7, lease_us=10**8, owner="drainer"
+        )
+        done += store.mark_delivered([r.id for r in rows], owner="drainer", now_us=int(time.time() * 1e6))
         if not rows:
             time.sleep(0.01)
     print(done)
@@ -239,8 +241,8 @@ def test_capacity_refuses_without_storing_and_recovers(tmp_path: Path) -> None:
         assert info.value.retry_after > 0
         assert stored_ids(path) == {"e1", "e2"}
         # Delivering frees room.
-        rows = outbox.store.claim(10**18, 10, 10**6, 10**9, "w")
-        outbox.store.mark_delivered([r.id for r in rows], "w", 1)
+        rows = outbox.store.claim(now_us=10**18, limit=10, max_bytes=10**6, lease_us=10**9, owner="w")
+        outbox.store.mark_delivered([r.id for r in rows], owner="w", now_us=1)
         outbox.wait_for_room(2, timeout=5, poll=0.05)
         assert outbox.enqueue_many([event(3), event(4)]).new == ["e3", "e4"]
 
@@ -258,13 +260,15 @@ def test_disk_full_refuses_cleanly_and_recovers(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     with Outbox(path) as outbox:
         outbox.enqueue(event(0))
-        pages = outbox.store.conn.execute("PRAGMA page_count").fetchone()[0]
-        outbox.store.conn.execute(f"PRAGMA max_page_count = {pages}")
+        sqlite_store = outbox.store
+        assert isinstance(sqlite_store, Store)  # the SQLite file's page limit fakes a full disk
+        pages = sqlite_store.conn.execute("PRAGMA page_count").fetchone()[0]
+        sqlite_store.conn.execute(f"PRAGMA max_page_count = {pages}")
         big = [event(i, blob="x" * 400) for i in range(1, 200)]
         with pytest.raises(OutboxFullError, match="disk"):
             outbox.enqueue_many(big)
         assert stored_ids(path) == {"e0"}
-        outbox.store.conn.execute("PRAGMA max_page_count = 1073741823")
+        sqlite_store.conn.execute("PRAGMA max_page_count = 1073741823")
         assert len(outbox.enqueue_many(big).new) == 199
 
 
@@ -280,8 +284,8 @@ def test_max_bytes_refuses_on_used_pages_and_recovers_after_pruning(tmp_path: Pa
         assert 0 < stored < 10_000
         assert len(stored_ids(path)) == stored  # the refused call stored nothing
         # Delivered rows pruned by retention free their pages: intake resumes.
-        rows = outbox.store.claim(10**18, 10_000, 10**9, 10**9, "w")
-        outbox.store.mark_delivered([r.id for r in rows], "w", 1)
+        rows = outbox.store.claim(now_us=10**18, limit=10_000, max_bytes=10**9, lease_us=10**9, owner="w")
+        outbox.store.mark_delivered([r.id for r in rows], owner="w", now_us=1)
         outbox.store.prune_delivered(10**18)
         outbox._backlog_checked = -1.0
         assert outbox.enqueue(event("after")).new == ["eafter"]

@@ -29,7 +29,9 @@ def test_prunes_only_delivered_rows_past_retention(tmp_path: Path) -> None:
         add_dead(store, ids("dead", 5), now=NOW - 50 * HOUR)
         add_pending(store, ids("pend", 5), now=NOW - 50 * HOUR)
         for hours_ago in (0.5, 2.5, 6):
-            store.record_request(us(NOW - hours_ago * HOUR), 200, "delivered", 1, delivered=1)
+            store.record_request(
+                now_us=us(NOW - hours_ago * HOUR), status=200, outcome="delivered", events=1, delivered=1
+            )
 
         # Bounded: at most max_chunks transactions of `chunk` rows per call; the next call continues.
         assert store.prune_delivered(us(NOW - 4 * HOUR), chunk=1000, max_chunks=2) == 2000

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from agent.events import validate_many
 from agent.outbox import Outbox
-from agent.store import SCHEMA_VERSION, Store, schema
+from agent.store import SCHEMA_VERSION, Store
+from agent.store.sqlite import schema
 
 NOW = time.time()
 

@@ -91,8 +91,10 @@ def test_sdk_retries_429_until_room_is_made(served: tuple[HttpServer, Outbox]) -
         # What the delivery worker does: claim the backlog and mark it delivered, making room.
         assert refused.wait(10)
         now_us = int(time.time() * 1e6)
-        claimed = outbox.store.claim(now_us, 10, 1 << 20, 60_000_000, "test-worker")
-        outbox.store.mark_delivered([c.id for c in claimed], "test-worker", now_us)
+        claimed = outbox.store.claim(
+            now_us=now_us, limit=10, max_bytes=1 << 20, lease_us=60_000_000, owner="test-worker"
+        )
+        outbox.store.mark_delivered([c.id for c in claimed], owner="test-worker", now_us=now_us)
 
     helper = threading.Thread(target=deliver_when_refused)
     helper.start()

@@ -23,10 +23,12 @@ def db(tmp_path: Path) -> Path:
     path = tmp_path / "outbox.db"
     with Store(path) as store:
         add_delivered(store, ["d1", "d2", "d3", "d4", "d5"], now=NOW - 120)
-        store.record_request(us(NOW - 120), 200, "delivered", 5, delivered=5, duration_ms=40.0)
-        store.record_request(us(NOW - 100), 503, "retry", 2, duration_ms=30.0)
+        store.record_request(
+            now_us=us(NOW - 120), status=200, outcome="delivered", events=5, delivered=5, duration_ms=40.0
+        )
+        store.record_request(now_us=us(NOW - 100), status=503, outcome="retry", events=2, duration_ms=30.0)
         add_dead(store, ["x1"], now=NOW - 90, reason="rejected")
-        store.record_request(us(NOW - 90), 400, "reject", 1, dead=1)
+        store.record_request(now_us=us(NOW - 90), status=400, outcome="reject", events=1, dead=1)
         add_dead(store, ["x2"], now=NOW - 1800, reason="too_large", status=413)
         add_pending(store, ["p1", "p2", "p3"], now=NOW - 2400)
     return path

@@ -503,7 +503,7 @@ def test_expired_leases_are_released_and_sent_again(
 ) -> None:
     put(store, [event(i) for i in range(4)])
     t = time.time()
-    store.claim(int(t * 1e6), 10, 1_000_000, 1_000_000, "a-dead-worker")
+    store.claim(now_us=int(t * 1e6), limit=10, max_bytes=1_000_000, lease_us=1_000_000, owner="a-dead-worker")
     assert worker.drain_once(now=t).claimed == 0  # leased to someone else
     report = worker.drain_once(now=t + 5)
     assert (report.released, report.delivered) == (4, 4)

@@ -29,7 +29,7 @@ import orjson
 from agent.bench.common import API_KEY
 from agent.delivery.client import build_body
 from agent.events import Event
-from agent.store import schema
+from agent.store.sqlite import schema
 
 _INSERT_OUTBOX = (
     "INSERT INTO dodo_outbox_events (event_id, event_name, ts, payload, stamped, source, enqueued_at) "

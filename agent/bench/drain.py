@@ -35,7 +35,7 @@ from agent.bench.emulator_proc import running_emulator
 from agent.config import DeliverySettings, DodoSettings, OutboxSettings, Settings
 from agent.delivery.client import DodoClient
 from agent.delivery.worker import Worker
-from agent.store import Store
+from agent.store import OutboxStore, open_store
 
 FILL_CHUNK = 1000
 
@@ -50,13 +50,13 @@ def bench_settings(url: str, outbox: Path) -> Settings:
     )
 
 
-def fill(store: Store, n: int, prefix: str, chunk: int = FILL_CHUNK) -> None:
+def fill(store: OutboxStore, n: int, prefix: str, chunk: int = FILL_CHUNK) -> None:
     """Add `n` pending events to the outbox, `chunk` per transaction (not timed)."""
     for start in range(0, n, chunk):
         store.insert_groups([(fast_events(prefix, min(chunk, n - start), start), "bench")], 0)
 
 
-def drain_with_worker(store: Store, url: str) -> tuple[int, float]:
+def drain_with_worker(store: OutboxStore, url: str) -> tuple[int, float]:
     """Drain everything due with a fresh Worker; return (events delivered, seconds)."""
     settings = bench_settings(url, store.path)
     worker = Worker(
@@ -132,7 +132,7 @@ def run(ctx: Context) -> list[Row]:
 
 def _ours(ctx: Context, url: str, n: int) -> Callable[[int], float]:
     def one_round(number: int) -> float:
-        with Store(ctx.path(f"drain/ours-{number}.db")) as store:
+        with open_store(ctx.path(f"drain/ours-{number}.db")) as store:
             fill(store, n, f"d{number}")
             delivered, seconds = drain_with_worker(store, url)
         if delivered != n:
@@ -145,7 +145,7 @@ def _ours(ctx: Context, url: str, n: int) -> Callable[[int], float]:
 def _bare(ctx: Context, url: str, n: int) -> Callable[[int], float]:
     def one_round(number: int) -> float:
         path = ctx.path(f"drain/bare-{number}.db")
-        with Store(path) as store:
+        with open_store(path) as store:
             fill(store, n, f"b{number}")
         conn = baselines.open_raw(path)
         try:

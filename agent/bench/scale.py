@@ -41,7 +41,7 @@ from agent.bench.emulator_proc import running_emulator
 from agent.delivery.client import DodoClient
 from agent.delivery.worker import Worker
 from agent.outbox import Outbox
-from agent.store import Store
+from agent.store import OutboxStore, open_store
 
 BATCH = 1000
 MEMORY_LIMIT_MB = 150.0
@@ -61,7 +61,7 @@ def run(ctx: Context) -> list[Row]:
     enqueue_total = enqueue_batches * BATCH * (rounds + 1)
     filled = backlog + drain_total - enqueue_total
     ctx.progress(f"scale: filling an outbox with {filled:,} pending events")
-    with Stopwatch() as filling, Store(big_path) as store:
+    with Stopwatch() as filling, open_store(big_path) as store:
         fill(store, filled, "big")
     with running_emulator() as url:
         ctx.progress(f"scale: enqueue and drain, big vs empty outbox, {rounds} rounds")
@@ -84,7 +84,7 @@ def run(ctx: Context) -> list[Row]:
         finally:
             big.close()
             empty.close()
-        with Store(big_path) as store:
+        with open_store(big_path) as store:
             left = store.backlog()
         ctx.progress(f"scale: peak memory of a child process draining {left:,} events")
         memory = _memory_child(big_path, url)
@@ -142,7 +142,7 @@ def _enqueue(outbox: Outbox, prefix: str, batches: int) -> Any:
     return one_round
 
 
-def _drain(store: Store, url: str, count: int, fill_prefix: str | None) -> Any:
+def _drain(store: OutboxStore, url: str, count: int, fill_prefix: str | None) -> Any:
     """Deliver `count` events with the worker's tick; with `fill_prefix`, add them first (not timed)."""
 
     def one_round(number: int) -> float:
@@ -194,7 +194,7 @@ def memory_child(outbox: Path, url: str) -> dict[str, Any]:
     logs.configure("json", "warning")
     start = _status_mb("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
-    with Store(outbox) as store:
+    with open_store(outbox) as store:
         delivered, _ = drain_with_worker(store, url)
     peak = _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {

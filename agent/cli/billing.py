@@ -18,7 +18,7 @@ from agent.meters import Meter, dodo_client, known_meters
 from agent.meters.filters import ASSUMPTIONS as FILTER_ASSUMPTIONS
 from agent.meters.preview import Preview
 from agent.meters.reconcile import ASSUMPTIONS, Reconciler, dodo_meters, fetch_meter_events, read_back_event
-from agent.store import Store
+from agent.store import OutboxStore
 from agent.timestamps import parse_timestamp, to_us
 
 
@@ -55,7 +55,7 @@ def select_meters(meters: Sequence[Meter], name: str | None) -> list[Meter]:
     return chosen
 
 
-def _meters_or_fail(settings: Settings, store: Store) -> list[Meter]:
+def _meters_or_fail(settings: Settings, store: OutboxStore) -> list[Meter]:
     meters = known_meters(settings, store)
     if meters is None:
         raise ConfigError(

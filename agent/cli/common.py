@@ -17,7 +17,8 @@ from agent.config import Settings
 from agent.errors import ConfigError
 from agent.meters import build_checker
 from agent.outbox import Outbox
-from agent.store import Store, StoreOptions
+from agent.store import OutboxStore, StoreOptions
+from agent.store import open_store as open_outbox_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,7 +98,7 @@ def check_creatable(settings: Settings, path: Path, outbox_path: Path | None, cr
 
 def open_store(
     config_path: Path | None, outbox_path: Path | None, *, must_exist: bool = True, create: bool = False
-) -> Store:
+) -> OutboxStore:
     """Open the outbox for a read or maintenance command. Raises ConfigError when it is missing
     (`must_exist`), or missing and neither configured nor `create` (see `check_creatable`)."""
     settings = load_settings(config_path)
@@ -107,7 +108,7 @@ def open_store(
             f"no outbox at {path}; enqueue an event first, or point --outbox / [outbox] path at it"
         )
     check_creatable(settings, path, outbox_path, create)
-    return Store(path, StoreOptions(synchronous=settings.outbox.synchronous))
+    return open_outbox_store(path, StoreOptions(synchronous=settings.outbox.synchronous))
 
 
 def open_outbox(

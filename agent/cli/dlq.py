@@ -2,7 +2,7 @@
 
 Dead rows are events Dodo refused for good (or that could not be sent in its window). They stay in the
 outbox until replayed (back to pending) or purged (the only delete of a dead row); see
-agent/store/dlq.py for the SQL and for what `--restamp` does to a payload.
+agent/store/sqlite/dlq.py for the SQL and for what `--restamp` does to a payload.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rich.text import Text
 from agent import durations
 from agent.cli import common
 from agent.config import Settings
-from agent.store import DeadFilter, EventRecord, Store
+from agent.store import DeadFilter, EventRecord, OutboxStore
 from agent.timestamps import from_us, to_us
 
 FIX_ADVICE = (
@@ -89,7 +89,7 @@ def dlq_list(
     """
     where = DeadFilter(reason=reason, all=reason is None, since_us=_since(since))
     with common.open_store(config_path, outbox_path) as store:
-        rows = store.dead_rows(where, limit)
+        rows = store.dead_rows(where, limit=limit)
         total = store.count_dead(where)
     if as_json:
         common.print_json([r.as_document() for r in rows])
@@ -234,14 +234,14 @@ def _restamp_cutoff(settings: Settings, now: float) -> int:
 
 
 def _replay_with_progress(
-    store: Store, where: DeadFilter, now: float, cutoff: int | None, total: int
+    store: OutboxStore, where: DeadFilter, now: float, cutoff: int | None, total: int
 ) -> tuple[int, int]:
     """Replay chunk by chunk under a progress bar (on a terminal); returns (moved, restamped)."""
     columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn())
     moved = restamped = 0
     with Progress(*columns, console=common.err, disable=not common.show_progress()) as progress:
         task = progress.add_task("replay", total=total)
-        for step in store.replay(where, to_us(now), cutoff):
+        for step in store.replay(where, now_us=to_us(now), restamp_before_us=cutoff):
             moved += step.moved
             restamped += step.restamped
             progress.update(task, completed=moved)
@@ -326,7 +326,7 @@ def dlq_purge(
                 abort=True,
                 err=True,
             )
-        deleted = store.purge_dead(cutoff, reason)
+        deleted = store.purge_dead(cutoff, reason=reason)
     common.err.print(f"deleted {deleted} dead-lettered events", markup=False)
 
 

@@ -2,7 +2,7 @@
 
 The agent checks its outbox at every start (PRAGMA quick_check) and moves a damaged file aside to
 `<name>.corrupt-<time>` before starting on a fresh one; this command is what the operator runs next.
-The SQL lives in agent/store/salvage.py.
+The SQL lives in agent/store/sqlite/salvage.py (reached through `agent.store`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import click
 
 from agent.cli import common
 from agent.errors import ConfigError
-from agent.store import Store, StoreOptions
-from agent.store.salvage import Health, SalvageReport, check, salvage
+from agent.store import Health, SalvageReport, StoreOptions, check_outbox, open_store, salvage
 from agent.timestamps import to_us
 
 
@@ -50,12 +49,12 @@ def doctor(
     path = common.resolve_outbox_path(settings, outbox_path)
     if not path.is_file():
         raise ConfigError(f"no outbox file at {path}; point --outbox (or [outbox] path) at it")
-    health = check(path, full=not quick)
+    health = check_outbox(path, full=not quick)
     report: SalvageReport | None = None
     if salvage_into is not None:
         if salvage_into.exists() and salvage_into.resolve() == path.resolve():
             raise click.UsageError("--salvage must name another file than the one being checked")
-        with Store(salvage_into, StoreOptions(synchronous=settings.outbox.synchronous)) as target:
+        with open_store(salvage_into, StoreOptions(synchronous=settings.outbox.synchronous)) as target:
             report = salvage(path, target, to_us(time.time()))
     if as_json:
         common.print_json(_document(health, report))

@@ -173,7 +173,7 @@ def verify(
     try:
         settings = common.load_settings(config_path)
         with common.open_store(config_path, outbox_path) as store:
-            chosen = store.delivered_sample(to_us(start), sample)
+            chosen = store.delivered_sample(to_us(start), limit=sample)
     except ConfigError as exc:  # a bad config or no outbox: still JSON with --json
         if not as_json:
             raise

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from agent.config import DeliverySettings
 from agent.delivery.backoff import MAX_HINT_SECONDS
 from agent.logs import get_logger
-from agent.store import Store
+from agent.store import OutboxStore
 from agent.timestamps import to_us
 
 log = get_logger(__name__)
@@ -32,7 +32,7 @@ class ClockWatch:
 
     def __init__(
         self,
-        store: Store,
+        store: OutboxStore,
         settings: DeliverySettings,
         clock: Callable[[], float],
         monotonic: Callable[[], float] = time.monotonic,
@@ -50,11 +50,13 @@ class ClockWatch:
         d = self._settings
         if last is None:
             longest = max(d.backoff_max_seconds, MAX_HINT_SECONDS) + d.interval_seconds
-            self._store.cap_future(to_us(wall), to_us(longest), to_us(d.lease_seconds))
+            self._store.cap_future(
+                now_us=to_us(wall), max_delay_us=to_us(longest), lease_us=to_us(d.lease_seconds)
+            )
             return 0.0
         step = last[0] + (mono - last[1]) - wall
         if step <= CLOCK_STEP_SECONDS:
             return 0.0
-        moved = self._store.shift_back(to_us(wall), to_us(step))
+        moved = self._store.shift_back(now_us=to_us(wall), step_us=to_us(step))
         log.warning("clock_stepped_back", seconds=round(step, 3), rows_rescheduled=moved)
         return step

@@ -28,7 +28,7 @@ from agent.delivery.client import SendResult
 from agent.delivery.keys import ApiKeys
 from agent.logs import get_logger
 from agent.ops import status
-from agent.store import Store
+from agent.store import OutboxStore
 
 log = get_logger(__name__)
 
@@ -37,7 +37,9 @@ class Pause:
     """Whether delivery is paused, why (``reason``, a sentence for people; ``kind``, a short code),
     since when, and when the next probe is due."""
 
-    def __init__(self, store: Store, settings: DeliverySettings, *, base_url: str, keys: ApiKeys) -> None:
+    def __init__(
+        self, store: OutboxStore, settings: DeliverySettings, *, base_url: str, keys: ApiKeys
+    ) -> None:
         self._store = store
         self._retry_every = settings.auth_retry_seconds
         self._base_url = base_url

@@ -40,7 +40,7 @@ from agent.delivery.pacing import TokenBucket
 from agent.delivery.pause import Pause
 from agent.delivery.settle import Settler
 from agent.logs import get_logger
-from agent.store import Store
+from agent.store import OutboxStore
 
 log = get_logger(__name__)
 
@@ -73,7 +73,7 @@ class BatchRunner:
 
     def __init__(
         self,
-        store: Store,
+        store: OutboxStore,
         client: DodoClient,
         settings: DeliverySettings,
         *,

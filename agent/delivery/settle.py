@@ -40,7 +40,7 @@ from agent.delivery.client import SendResult
 from agent.delivery.pacing import TokenBucket
 from agent.logs import get_logger
 from agent.ops import metrics
-from agent.store import Claimed, Store
+from agent.store import Claimed, OutboxStore
 from agent.timestamps import from_us, to_us
 
 log = get_logger(__name__)
@@ -51,7 +51,7 @@ class Settler:
 
     def __init__(
         self,
-        store: Store,
+        store: OutboxStore,
         settings: DeliverySettings,
         *,
         owner: str,
@@ -89,7 +89,7 @@ class Settler:
         common = {"batch_id": b.batch_id, "part": path or "-", "events": len(ids), "status": result.status}
         if outcome is Outcome.DELIVERED:
             restamped = [i for i in ids if i in b.restamped] if b.restamped else []
-            moved = self.store.mark_delivered(ids, self.owner, to_us(now), restamped)
+            moved = self.store.mark_delivered(ids, owner=self.owner, now_us=to_us(now), restamped=restamped)
             duplicates = 0
             if result.ingested_count is not None and result.ingested_count < len(ids):
                 duplicates = len(ids) - result.ingested_count
@@ -111,7 +111,11 @@ class Settler:
         elif outcome is Outcome.RETRY:
             delay = self._retry_delay(b, rows, result, now)
             moved = self.store.mark_retry(
-                ids, self.owner, to_us(now + delay), _error_text(result), refund=False
+                ids,
+                owner=self.owner,
+                next_attempt_us=to_us(now + delay),
+                error=_error_text(result),
+                refund=False,
             )
             b.counts.retried += moved
             metrics.record_settled(retried=moved)
@@ -146,7 +150,14 @@ class Settler:
         """
         ids = [row.id for row in rows]
         http_status = None if refusal is None else refusal[0].status
-        moved = self.store.mark_dead(ids, self.owner, to_us(now), reason, http_status, response)
+        moved = self.store.mark_dead(
+            ids,
+            owner=self.owner,
+            now_us=to_us(now),
+            reason=reason,
+            http_status=http_status,
+            response=response,
+        )
         b.counts.dead += moved
         metrics.record_settled(dead=moved, reason=reason)
         answer: dict[str, Any] = {}
@@ -165,7 +176,6 @@ class Settler:
             event_ids=[row.event_id for row in rows[:10]],
             **answer,
         )
-
     def _retry_delay(self, b: Batch, rows: Sequence[Claimed], result: SendResult, now: float) -> float:
         """Jittered backoff, raised to the server's hint, capped by the batch's earliest deadline."""
         s = self.settings
@@ -191,7 +201,9 @@ class Settler:
     def refund(self, b: Batch, lo: int, hi: int, why: str, due: float) -> None:
         """Back to pending, due at ``due``, attempt given back: nothing was learnt about these events."""
         ids = [row.id for row in b.rows[lo:hi]]
-        moved = self.store.mark_retry(ids, self.owner, to_us(due), why, refund=True)
+        moved = self.store.mark_retry(
+            ids, owner=self.owner, next_attempt_us=to_us(due), error=why, refund=True
+        )
         self._check_lease(b, moved, len(ids), "")
 
     def record(
@@ -208,10 +220,10 @@ class Settler:
         """One request to Dodo that decided ``events`` rows, in the metrics and the outbox's request log."""
         metrics.record_request(outcome.value, result.status, result.duration, events)
         self.store.record_request(
-            to_us(now),
-            result.status,
-            outcome.value,
-            events,
+            now_us=to_us(now),
+            status=result.status,
+            outcome=outcome.value,
+            events=events,
             delivered=delivered,
             dead=dead,
             duplicates=duplicates,

@@ -33,7 +33,7 @@ from agent.delivery.keys import ApiKeys
 from agent.delivery.pacing import TokenBucket
 from agent.delivery.pause import Pause
 from agent.delivery.send import BatchRunner
-from agent.store import Store
+from agent.store import OutboxStore
 from agent.timestamps import from_us, to_us
 
 
@@ -46,7 +46,7 @@ class Worker:
 
     def __init__(
         self,
-        store: Store,
+        store: OutboxStore,
         settings: Settings,
         client: DodoClient,
         *,
@@ -197,11 +197,11 @@ class Worker:
             if stop.is_set():
                 break
             rows = self.store.claim(
-                base_us,
-                d.batch_max_events,
-                d.batch_max_bytes - BODY_OVERHEAD,
-                to_us(d.lease_seconds),
-                self.owner,
+                now_us=base_us,
+                limit=d.batch_max_events,
+                max_bytes=d.batch_max_bytes - BODY_OVERHEAD,
+                lease_us=to_us(d.lease_seconds),
+                owner=self.owner,
             )
             if not rows:
                 exhausted = True

@@ -13,7 +13,7 @@ from agent.errors import InvalidEventError, Problem
 from agent.events import Event
 from agent.logs import get_logger
 from agent.meters.rules import Finding, Meter, MeterIndex, billing_findings, meter_from_row, meter_from_spec
-from agent.store import Store
+from agent.store import OutboxStore
 
 log = get_logger(__name__)
 
@@ -130,7 +130,7 @@ class MeterChecker:
         )
 
 
-def known_meters(settings: Settings, store: Store | None) -> list[Meter] | None:
+def known_meters(settings: Settings, store: OutboxStore | None) -> list[Meter] | None:
     """Pulled meters (cached in `store`) plus the config's `[[meters]]`; None when neither is known."""
     configured = [meter_from_spec(spec, i) for i, spec in enumerate(settings.meters)]
     pulled = store is not None and store.meters_pulled_at_us() is not None
@@ -140,7 +140,7 @@ def known_meters(settings: Settings, store: Store | None) -> list[Meter] | None:
     return cached + configured
 
 
-def build_checker(settings: Settings, store: Store | None) -> MeterChecker:
+def build_checker(settings: Settings, store: OutboxStore | None) -> MeterChecker:
     """The checker the running agent installs with `outbox.set_checker(...)`; re-reads `store`'s meters."""
     options = settings.meter_checks
     return MeterChecker(

@@ -1,7 +1,7 @@
 """What each meter should add up to, per customer, over the outbox's events: `meters preview`.
 
 Pure: rows come in (event name, event time, payload), totals go out as the JSON document of the
-issue's contract. The store streams the rows (`Store.billable_rows`); nothing here does I/O.
+issue's contract. The store streams the rows (`OutboxStore.billable_rows`); nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class Preview:
             totals.add(customer_id, ts_us, metadata)
 
     def add_rows(self, rows: Iterable[tuple[str, str, int, str, int, str]]) -> None:
-        """Rows as `Store.billable_rows` yields them."""
+        """Rows as `OutboxStore.billable_rows` yields them."""
         for _event_id, event_name, ts_us, _state, _restamped, payload in rows:
             self.add_row(event_name, ts_us, payload)
 

@@ -21,7 +21,7 @@ from agent.delivery.pacing import TokenBucket
 from agent.errors import DeliveryError
 from agent.meters.pull import MAX_PAGES, PAGE_SIZE, paced_get
 from agent.meters.rules import Meter
-from agent.store.preview import RangeRow
+from agent.store import RangeRow
 from agent.timestamps import format_timestamp, parse_timestamp, to_us
 
 MAX_LOOKUPS = 50
@@ -142,7 +142,7 @@ class Reconciler:
             self._by_name.setdefault(comparison.meter.event_name, []).append(comparison)
 
     def add_rows(self, rows: Iterable[tuple[str, str, int, str, int, str]]) -> None:
-        """Rows as `Store.billable_rows` yields them; only delivered ones of a meter's name count."""
+        """Rows as `OutboxStore.billable_rows` yields them; only delivered ones of a meter's name count."""
         for event_id, event_name, _ts, state, restamped, payload in rows:
             targets = self._by_name.get(event_name)
             if targets is None or state != "delivered":

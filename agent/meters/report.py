@@ -1,6 +1,6 @@
 """Reports over the outbox's recent events against the known meters: `meters check` and `status`.
 
-Pure logic over the store's per-name statistics (`Store.recent_events_by_name`) and the rules of
+Pure logic over the store's per-name statistics (`OutboxStore.recent_events_by_name`) and the rules of
 `agent.meters`; the only I/O is the read-only query `status_section` runs.
 """
 
@@ -12,8 +12,7 @@ from typing import Any
 
 from agent.config import Settings
 from agent.meters import Finding, Meter, MeterIndex, Reason, check_name, known_meters, value_finding
-from agent.store import Store
-from agent.store.meters import NameStats
+from agent.store import NameStats, OutboxStore
 from agent.timestamps import to_us
 
 
@@ -68,7 +67,7 @@ def _problem(finding: Finding, events: int, example: str | None) -> dict[str, An
 
 
 def keys_by_name(meters: Sequence[Meter]) -> dict[str, list[str]]:
-    """The aggregated keys to inspect for each event name (for `Store.recent_events_by_name`)."""
+    """The aggregated keys to inspect for each event name (for `OutboxStore.recent_events_by_name`)."""
     keys: dict[str, list[str]] = {}
     for meter in meters:
         key = meter.aggregated_key
@@ -78,7 +77,7 @@ def keys_by_name(meters: Sequence[Meter]) -> dict[str, list[str]]:
 
 
 def status_section(
-    settings: Settings, store: Store, now: float, window_seconds: float = 3600.0
+    settings: Settings, store: OutboxStore, now: float, window_seconds: float = 3600.0
 ) -> dict[str, Any]:
     """The `meter_checks` section of `status` for any process: recent events (last `window_seconds`)
     that would not be billed, by reason (`meter_warnings`), and the events no meter counts, by

@@ -25,7 +25,7 @@ import orjson
 from agent.config import MeterSpec
 from agent.errors import DeliveryError
 from agent.meters.filters import Filter, FilterError, parse_filter
-from agent.store.meters import MeterRow
+from agent.store import MeterRow
 
 
 class Reason(StrEnum):

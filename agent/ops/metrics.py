@@ -39,7 +39,7 @@ from agent.timestamps import from_us, to_us
 
 if TYPE_CHECKING:
     from agent.outbox import EnqueueResult
-    from agent.store import Store
+    from agent.store import OutboxStore
 
 log = get_logger(__name__)
 
@@ -259,7 +259,7 @@ class OutboxCollector(Collector):
     outbox yields `dodo_outbox_outbox_up 0` and nothing else, so /metrics keeps answering."""
 
     def __init__(
-        self, store: Store, max_events: int | None = None, clock: Callable[[], float] = time.time
+        self, store: OutboxStore, max_events: int | None = None, clock: Callable[[], float] = time.time
     ) -> None:
         self.store = store
         self.max_events = max_events
@@ -364,7 +364,9 @@ _watched: dict[str, OutboxCollector] = {}
 _watch_lock = threading.RLock()
 
 
-def watch_store(store: Store, max_events: int | None = None, clock: Callable[[], float] = time.time) -> None:
+def watch_store(
+    store: OutboxStore, max_events: int | None = None, clock: Callable[[], float] = time.time
+) -> None:
     """Serve the outbox gauges of `store` from REGISTRY (replacing any store watched before)."""
     with _watch_lock:
         unwatch_store()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from agent.config import Settings
 from agent.logs import get_logger
 from agent.ops import metrics
-from agent.store import Store
+from agent.store import OutboxStore
 from agent.timestamps import to_us
 
 log = get_logger(__name__)
@@ -45,7 +45,7 @@ class RetentionReport:
 
 
 def run_retention(
-    store: Store, settings: Settings, now: float, *, chunk: int | None = None, vacuum: bool = True
+    store: OutboxStore, settings: Settings, now: float, *, chunk: int | None = None, vacuum: bool = True
 ) -> RetentionReport:
     """Prune what retention allows at `now` (epoch seconds), then reclaim free pages.
 

@@ -37,7 +37,7 @@ from agent.errors import DodoOutboxError
 from agent.intake.auth import require_bearer
 from agent.intake.body import Refusal, json_response
 from agent.ops import metrics
-from agent.store import DeadFilter, Store
+from agent.store import DeadFilter, OutboxStore
 from agent.timestamps import to_us
 
 MAX_PAGE = 1000
@@ -50,7 +50,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 class OpsRoutes:
     """The handlers, bound to one store and its settings."""
 
-    def __init__(self, store: Store, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: OutboxStore, settings: Settings, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store, self.settings, self.clock = store, settings, clock
 
     def _authorize(self, request: Request) -> None:
@@ -92,7 +94,7 @@ class OpsRoutes:
         limit = min(MAX_PAGE, _int(query.get("limit"), 100, "limit"))
         after = _int(query.get("after"), 0, "after")
         where = DeadFilter(reason=reason, all=reason is None, since_us=since)
-        rows = self.store.dead_rows(where, limit, after)
+        rows = self.store.dead_rows(where, limit=limit, after_id=after)
         return {
             "events": [r.as_document() for r in rows],
             "total": self.store.count_dead(where),
@@ -119,7 +121,7 @@ class OpsRoutes:
         if dry_run:
             result["would_restamp"] = self.store.count_late(where, cutoff) if cutoff is not None else 0
             return result
-        for step in self.store.replay(where, to_us(now), cutoff):
+        for step in self.store.replay(where, now_us=to_us(now), restamp_before_us=cutoff):
             result["replayed"] += step.moved
             result["restamped"] += step.restamped
         return result
@@ -138,7 +140,7 @@ class OpsRoutes:
         cutoff = to_us(self.clock() - seconds)
         matched = self.store.count_dead(DeadFilter(reason=reason, all=reason is None), older_than_us=cutoff)
         dry_run = payload.get("dry_run") is True
-        purged = 0 if dry_run else self.store.purge_dead(cutoff, reason)
+        purged = 0 if dry_run else self.store.purge_dead(cutoff, reason=reason)
         return {"matched": matched, "purged": purged, "dry_run": dry_run}
 
 
@@ -181,7 +183,7 @@ def _selection(payload: dict[str, Any]) -> DeadFilter:
 
 
 def ops_routes(
-    store: Store, settings: Settings, *, clock: Callable[[], float] = time.time, watch: bool = True
+    store: OutboxStore, settings: Settings, *, clock: Callable[[], float] = time.time, watch: bool = True
 ) -> list[BaseRoute]:
     """The routes to pass as `create_app(..., extra_routes=ops_routes(store, settings))`.
 

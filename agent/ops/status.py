@@ -16,7 +16,7 @@ from typing import Any
 
 from agent.config import Settings
 from agent.meters.report import status_section
-from agent.store import Store, WindowRates
+from agent.store import OutboxStore, WindowRates
 from agent.timestamps import from_us, to_us
 
 PAUSE_KEY = "delivery_paused"
@@ -32,7 +32,7 @@ def _age_seconds(now: float, since_us: int | None) -> float | None:
     return None if since_us is None else round(max(0.0, now - from_us(since_us)), 3)
 
 
-def build(store: Store, now: float | None = None, settings: Settings | None = None) -> dict[str, Any]:
+def build(store: OutboxStore, now: float | None = None, settings: Settings | None = None) -> dict[str, Any]:
     """Counts by state, the age of the oldest undelivered event, whether delivery is paused, delivery
     and success rates over the last 5 minutes and hour, the top dead-letter reasons and events
     delivered per minute over the last hour (oldest minute first). With `settings`, also
@@ -56,7 +56,7 @@ def build(store: Store, now: float | None = None, settings: Settings | None = No
         "paused_since": None if paused is None else paused.get("since"),
         "rates": {name: rate_document(r) for name, r in zip(WINDOWS, rates, strict=True)},
         "top_dead_reasons": [{"reason": r, "count": n} for r, n in store.top_dead_reasons(5)],
-        "delivered_per_minute": store.delivered_per_minute(now_us, SPARKLINE_MINUTES),
+        "delivered_per_minute": store.delivered_per_minute(now_us, minutes=SPARKLINE_MINUTES),
         "generated_at": round(now, 3),
     } | ({} if settings is None else {"meter_checks": status_section(settings, store, now)})
 
@@ -112,7 +112,7 @@ def check(
     return failures
 
 
-def read_pause(store: Store) -> dict[str, Any] | None:
+def read_pause(store: OutboxStore) -> dict[str, Any] | None:
     """The delivery pause the worker recorded (reason, since), or None when delivery runs."""
     found = store.kv_get(PAUSE_KEY)
     if found is None or not found[0]:
@@ -121,7 +121,7 @@ def read_pause(store: Store) -> dict[str, Any] | None:
     return value or None
 
 
-def write_pause(store: Store, reason: str | None, now: float, kind: str | None = None) -> None:
+def write_pause(store: OutboxStore, reason: str | None, now: float, kind: str | None = None) -> None:
     """Record (reason) or clear (None) the delivery pause, for `status` in any process.
 
     `kind` is a short code (`auth`, `not_found`) that becomes the `reason` label of the

@@ -1,41 +1,96 @@
-"""The outbox database: the only package in dodo-outbox that speaks SQL.
+"""The outbox store: the only package in dodo-outbox that speaks SQL.
 
-`Store` is assembled from one mixin per concern (queue hot paths, operator queries, ...), each in its
-own module, all sharing one connection and one transaction helper (`StoreBase.write`).
+- `base.OutboxStore`: the interface (a typing Protocol) naming every operation the agent needs;
+- `records`: the backend-neutral values it speaks (Claimed, EventRecord, DeadFilter, ...);
+- `sqlite/`: the SQLite implementation, `SqliteStore`, split by concern;
+- `open_store(location, options)`: the one place that picks a backend (a path today; issue 13 adds
+  `postgresql://` URLs). Code outside this package opens stores here and annotates with OutboxStore.
+
+Damaged outbox files are checked, quarantined and salvaged through `check_outbox`, `quarantine` and
+`salvage` below, so the service and `doctor` do not reach into a backend either.
 """
 
 from __future__ import annotations
 
-from agent.store.base import State, StoreOptions, disk_full
-from agent.store.clock import ClockMixin
-from agent.store.dlq import DeadFilter, DlqMixin, FileStats, ReplayChunk, WindowRates
-from agent.store.insert import InsertResult, Retimed, insert_in_transaction
-from agent.store.meters import MetersMixin
-from agent.store.ops import EventRecord, OpsMixin
-from agent.store.preview import PreviewMixin, RangeRow
-from agent.store.queue import Claimed, QueueMixin
-from agent.store.schema import SCHEMA_VERSION
+from pathlib import Path
+
+from agent.store.base import OutboxStore
+from agent.store.records import (
+    Claimed,
+    DeadFilter,
+    EventRecord,
+    FileStats,
+    InsertResult,
+    KeyStats,
+    MeterRow,
+    NameStats,
+    RangeRow,
+    ReplayChunk,
+    Retimed,
+    State,
+    StoreOptions,
+    WindowRates,
+)
+from agent.store.sqlite import SqliteStore
+from agent.store.sqlite import damage as _damage
+from agent.store.sqlite import salvage as _salvage
+from agent.store.sqlite.damage import Health
+from agent.store.sqlite.salvage import SalvageReport
+from agent.store.sqlite.schema import SCHEMA_VERSION
+
+Store = SqliteStore
+"""The SQLite implementation under its historical name (tests build files with it)."""
 
 
-class Store(QueueMixin, OpsMixin, DlqMixin, MetersMixin, PreviewMixin, ClockMixin):
-    """The outbox file. Thread-safe; open one per process and share it."""
+def open_store(location: str | Path, options: StoreOptions | None = None) -> OutboxStore:
+    """Open (creating and migrating as needed) the outbox at `location`: a file path.
+
+    Raises OutboxCorruptError for a damaged file, OutboxFullError for a full disk, OutboxError for
+    anything else that keeps it from opening.
+    """
+    return SqliteStore(location, options)
+
+
+def check_outbox(location: Path, *, full: bool = True, limit: int = 20) -> Health:
+    """The integrity of the outbox at `location`, read without writing it (`dodo-outbox doctor`)."""
+    return _damage.check(location, full=full, limit=limit)
+
+
+def quarantine(location: Path, now: float) -> Path:
+    """Move a damaged outbox aside (to `<name>.corrupt-<UTC time>`); returns where it went."""
+    return _damage.quarantine(location, now)
+
+
+def salvage(source: Path, target: OutboxStore, now_us: int) -> SalvageReport:
+    """Copy every intact row of the damaged outbox `source` into the store `target`."""
+    if not isinstance(target, SqliteStore):
+        raise TypeError(f"salvage copies into an SQLite outbox, not {type(target).__name__}")
+    return _salvage.salvage(source, target, now_us)
 
 
 __all__ = [
     "SCHEMA_VERSION",
     "Claimed",
     "DeadFilter",
-    "DlqMixin",
     "EventRecord",
     "FileStats",
+    "Health",
     "InsertResult",
+    "KeyStats",
+    "MeterRow",
+    "NameStats",
+    "OutboxStore",
     "RangeRow",
     "ReplayChunk",
     "Retimed",
+    "SalvageReport",
+    "SqliteStore",
     "State",
     "Store",
     "StoreOptions",
     "WindowRates",
-    "disk_full",
-    "insert_in_transaction",
+    "check_outbox",
+    "open_store",
+    "quarantine",
+    "salvage",
 ]

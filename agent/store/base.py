@@ -1,185 +1,223 @@
-"""The outbox connection: opening, the one transaction helper, and how SQLite errors map to ours."""
+"""The store interface: every operation the rest of the agent asks of the outbox, backend-neutral.
+
+`OutboxStore` is a typing Protocol. `agent.store.sqlite.SqliteStore` is the one implementation
+today; issue 13 adds PostgreSQL. Code outside `agent/store/` annotates with `OutboxStore` and opens a
+store with `agent.store.open_store(location, options)`, so it never knows which backend it talks to.
+Every implementation must pass the conformance suite in tests/store/.
+
+Rules every backend keeps (the suite checks each):
+- Every state change is guarded by the source state and, for inflight rows, by the lease owner, and
+  returns how many rows moved: a stale worker can never settle a row claimed again by another.
+- A claim counts the attempt (a crash mid-send still counts it); a refund gives it back.
+- Claim order is event time (`ts`), oldest first, within a byte budget that always admits one row.
+- Dead rows leave the dead state only by `replay` or `purge_dead`; retention never prunes them.
+- Times are microseconds since the epoch (`agent.timestamps.US`).
+"""
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Protocol, Self
 
-from agent.errors import OutboxClosedError, OutboxCorruptError, OutboxError, OutboxFullError
-from agent.store import schema
+from agent.errors import EventConflictError
+from agent.events import Event
+from agent.store.records import (
+    Claimed,
+    DeadFilter,
+    EventRecord,
+    FileStats,
+    InsertResult,
+    MeterRow,
+    NameStats,
+    RangeRow,
+    ReplayChunk,
+    WindowRates,
+)
 
+CHUNK_ROWS = 5000
+"""Rows per transaction for prune and purge: a short write lock, so intake never waits long."""
+REPLAY_CHUNK = 500
+"""Rows per transaction of a DLQ replay."""
+VACUUM_PAGES = 2000
+"""Pages handed back per incremental vacuum transaction."""
 
-class State(StrEnum):
-    """The life of an outbox row (see shared/design.md): pending → inflight → delivered | dead."""
-
-    PENDING = "pending"
-    INFLIGHT = "inflight"
-    DELIVERED = "delivered"
-    DEAD = "dead"
-
-
-RESPONSE_EXCERPT_CHARS = 2000
-"""How much of Dodo's answer a dead row keeps."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoreOptions:
-    """How to open the outbox file."""
-
-    synchronous: str = "full"
-    busy_timeout_ms: int = 10_000
-    check_integrity: bool = False
-
-
-def disk_full(exc: BaseException) -> bool:
-    """Whether an SQLite error means the disk (or max_page_count) is full."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
+Group = tuple[Sequence[Event], str]
+"""One enqueue call: its events and its source."""
 
 
-def damaged(exc: BaseException) -> bool:
-    """Whether an SQLite error means the file itself is damaged or is not a database.
-
-    Not "locked", "cannot open", "I/O error" or "read-only": those say nothing about the file's
-    content, and a file moved aside for them would take healthy, acknowledged events with it.
-    """
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-
-
-def corrupt_error(path: Path, detail: str) -> OutboxCorruptError:
-    """The error for a damaged outbox file: names the file and what to do."""
-    return OutboxCorruptError(
-        f"the outbox {path} is damaged ({detail}). Check it with `dodo-outbox doctor --outbox {path}`; "
-        f"copy its readable rows into a new outbox with "
-        f"`dodo-outbox doctor --outbox {path} --salvage NEW_PATH`"
-    )
-
-
-class StoreBase:
-    """One SQLite connection, shared by the threads of one process under a lock.
-
-    Several processes may open the same file: WAL lets readers run beside one writer, and every write
-    takes the database lock up front (BEGIN IMMEDIATE) so two writers never deadlock mid-transaction.
-    """
-
-    def __init__(self, path: str | Path, options: StoreOptions | None = None) -> None:
-        self.options = options or StoreOptions()
-        self.path = Path(path)
-        if str(self.path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        try:
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False, timeout=0
-            )
-            schema.configure(self._conn, self.options.synchronous, self.options.busy_timeout_ms)
-            if self.options.check_integrity:
-                self._check_integrity()
-            schema.migrate(self._conn)
-        except OutboxCorruptError:
-            self._close_quietly()
-            raise
-        except sqlite3.DatabaseError as exc:
-            self._close_quietly()
-            if disk_full(exc):
-                raise OutboxFullError(f"cannot open the outbox {self.path}: the disk is full") from exc
-            if damaged(exc):
-                raise corrupt_error(self.path, str(exc)) from exc
-            # Locked, unreadable, missing directory, I/O error: not damage (see `damaged`).
-            raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from exc
-
-    def _check_integrity(self) -> None:
-        """PRAGMA quick_check. Raises OutboxCorruptError naming the first problems it reports."""
-        rows = self.conn.execute("PRAGMA quick_check(5)").fetchall()
-        if [r[0] for r in rows] != ["ok"]:
-            detail = "; ".join(" ".join(str(r[0]).split()) for r in rows[:3])
-            raise corrupt_error(self.path, f"PRAGMA quick_check: {detail}")
+class OutboxStore(Protocol):
+    """The outbox. Thread-safe; open one per process with `agent.store.open_store` and share it."""
 
     @property
-    def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise OutboxClosedError(f"the outbox {self.path} is closed")
-        return self._conn
+    def path(self) -> Path:
+        """Where the outbox lives (for messages and status)."""
+        ...
+
+    @property
+    def closed(self) -> bool: ...
 
     def close(self) -> None:
-        """Close the connection (checkpointing the WAL). Safe to call twice."""
-        with self._lock:
-            if self._conn is not None:
-                with suppress(sqlite3.Error):
-                    self._conn.execute("PRAGMA optimize")
-                self._close_quietly()
+        """Release the store. Safe to call twice."""
+        ...
 
-    def _close_quietly(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+    def __enter__(self) -> Self: ...
 
-    def __enter__(self) -> Self:
-        return self
+    def __exit__(self, *exc: object) -> None: ...
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    # -- insert (see agent/groupcommit.py for when each strategy runs) ----------------------------
 
-    @property
-    def closed(self) -> bool:
-        return self._conn is None
+    def insert_groups(self, groups: Sequence[Group], now_us: int) -> list[InsertResult | EventConflictError]:
+        """Store several independent enqueue calls in one commit; each group atomic on its own.
 
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on any error.
-
-        Returns only after COMMIT, so with synchronous=FULL the data is on disk. Raises
-        OutboxFullError when the disk is full, OutboxError (OutboxCorruptError for a damaged file)
-        for SQLite's other errors, such as a file that stays locked.
+        A conflicting group stores nothing and gets its EventConflictError in the result list.
+        Raises OutboxFullError (disk full) or OutboxError for the whole commit.
         """
-        with self._lock:
-            conn = self.conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise OutboxError(
-                    f"the outbox {self.path} stayed locked by another writer for "
-                    f"{self.options.busy_timeout_ms} ms: {exc}"
-                ) from exc
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error) and disk_full(exc):
-                    raise OutboxFullError(
-                        f"the disk holding the outbox {self.path} is full; nothing of this write was "
-                        "stored. Free space; the agent recovers by itself",
-                        retry_after=5.0,
-                    ) from exc
-                if isinstance(exc, sqlite3.Error):
-                    raise self._translate(exc) from exc
-                raise
+        ...
 
-    @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
-        """The connection for reads, under the process lock (a consistent snapshot per statement).
+    def insert_on(self, conn: Any, events: Sequence[Event], source: str, now_us: int) -> InsertResult:
+        """Insert inside the caller's open transaction on the caller's connection; never commits.
 
-        Raises OutboxError (OutboxCorruptError for a damaged file) instead of SQLite's own errors.
+        Raises EventConflictError, leaving the caller to roll back.
         """
-        with self._lock:
-            try:
-                yield self.conn
-            except sqlite3.Error as exc:
-                raise self._translate(exc) from exc
+        ...
 
-    def _translate(self, exc: sqlite3.Error) -> OutboxError:
-        """SQLite's error as ours, so nothing outside the store needs to know SQLite."""
-        if damaged(exc):
-            return corrupt_error(self.path, str(exc))
-        return OutboxError(f"the outbox {self.path} failed: {exc}")
+    # -- the queue: claim and the guarded transitions ---------------------------------------------
+
+    def claim(self, *, now_us: int, limit: int, max_bytes: int, lease_us: int, owner: str) -> list[Claimed]:
+        """Lease up to `limit` due pending rows, oldest event time first, within `max_bytes` (at least
+        one row). Counts the attempt now."""
+        ...
+
+    def mark_delivered(
+        self, ids: Sequence[int], *, owner: str, now_us: int, restamped: Sequence[int] = ()
+    ) -> int:
+        """inflight → delivered for rows `owner` still leases. Returns how many moved."""
+        ...
+
+    def mark_retry(
+        self, ids: Sequence[int], *, owner: str, next_attempt_us: int, error: str, refund: bool = False
+    ) -> int:
+        """inflight → pending, due at `next_attempt_us`; `refund` gives the attempt back."""
+        ...
+
+    def mark_dead(
+        self,
+        ids: Sequence[int],
+        *,
+        owner: str,
+        now_us: int,
+        reason: str,
+        http_status: int | None,
+        response: str,
+    ) -> int:
+        """inflight → dead with its reason, HTTP status and a bounded excerpt of the response."""
+        ...
+
+    def release_expired(self, now_us: int) -> int:
+        """inflight rows whose lease passed → pending, due now. Returns how many."""
+        ...
+
+    def backlog(self) -> int:
+        """Rows pending or inflight."""
+        ...
+
+    def next_due_us(self) -> int | None:
+        """When the earliest pending row is due, or None when nothing is pending."""
+        ...
+
+    # -- the dead-letter queue --------------------------------------------------------------------
+
+    def dead_rows(self, where: DeadFilter, *, limit: int = 100, after_id: int = 0) -> list[EventRecord]: ...
+
+    def iter_dead(self, where: DeadFilter, chunk: int = 1000) -> Iterator[EventRecord]: ...
+
+    def count_dead(self, where: DeadFilter, older_than_us: int | None = None) -> int: ...
+
+    def count_late(self, where: DeadFilter, ts_before_us: int) -> int: ...
+
+    def replay(
+        self,
+        where: DeadFilter,
+        *,
+        now_us: int,
+        restamp_before_us: int | None = None,
+        chunk: int = REPLAY_CHUNK,
+    ) -> Iterator[ReplayChunk]:
+        """dead → pending, one committed chunk per item yielded; restamp keeps the original time."""
+        ...
+
+    def purge_dead(
+        self, older_than_us: int, *, reason: str | None = None, chunk: int = CHUNK_ROWS
+    ) -> int: ...
+
+    def top_dead_reasons(self, limit: int = 5) -> list[tuple[str, int]]: ...
+
+    # -- retention ----------------------------------------------------------------------------------
+
+    def prune_delivered(
+        self, settled_before_us: int, *, chunk: int = CHUNK_ROWS, max_chunks: int = 200
+    ) -> int: ...
+
+    def prune_requests(self, before_us: int, *, chunk: int = CHUNK_ROWS, max_chunks: int = 200) -> int: ...
+
+    def file_stats(self) -> FileStats: ...
+
+    def incremental_vacuum(self, *, max_pages: int = 100_000, step: int = VACUUM_PAGES) -> int: ...
+
+    # -- stats, lookups, key-value, the request log -------------------------------------------------
+
+    def counts(self) -> dict[str, int]: ...
+
+    def oldest_pending_ts_us(self) -> int | None: ...
+
+    def oldest_pending_enqueued_us(self) -> int | None: ...
+
+    def get(self, event_id: str) -> EventRecord | None: ...
+
+    def kv_get(self, key: str) -> tuple[str, int] | None: ...
+
+    def kv_set(self, key: str, value: str, now_us: int) -> None: ...
+
+    def record_request(
+        self,
+        *,
+        now_us: int,
+        status: int | None,
+        outcome: str,
+        events: int,
+        delivered: int = 0,
+        dead: int = 0,
+        duplicates: int = 0,
+        duration_ms: float = 0.0,
+    ) -> None: ...
+
+    def window_rates(self, now_us: int, windows: Sequence[int] = (300, 3600)) -> list[WindowRates]: ...
+
+    def delivered_per_minute(self, now_us: int, *, minutes: int = 60) -> list[int]: ...
+
+    # -- the meter cache and meter queries ----------------------------------------------------------
+
+    def replace_meters(self, rows: Sequence[MeterRow], now_us: int) -> int: ...
+
+    def cached_meters(self) -> list[MeterRow]: ...
+
+    def meters_pulled_at_us(self) -> int | None: ...
+
+    def recent_events_by_name(
+        self, since_us: int, keys_by_name: Mapping[str, Sequence[str]], max_rows: int = 100_000
+    ) -> list[NameStats]: ...
+
+    def delivered_sample(self, since_us: int, *, limit: int) -> list[tuple[str, str, str]]: ...
+
+    # -- preview range reads ------------------------------------------------------------------------
+
+    def billable_rows(self, from_us: int, until_us: int) -> Iterator[tuple[str, str, int, str, int, str]]: ...
+
+    def rows_by_event_id(self, event_ids: Sequence[str]) -> dict[str, RangeRow]: ...
+
+    # -- clock repair -------------------------------------------------------------------------------
+
+    def shift_back(self, *, now_us: int, step_us: int) -> int: ...
+
+    def cap_future(self, *, now_us: int, max_delay_us: int, lease_us: int) -> int: ...

@@ -27,6 +27,7 @@ from agent.config import DropdirSettings
 from agent.intake.dropdir import DropDir
 from agent.intake.records import ParseProblem, Record, read_records
 from agent.outbox import Outbox
+from tests.builders import sqlite_of
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 _ids = itertools.count()
@@ -49,7 +50,7 @@ class Spool:
         return target
 
     def stored(self) -> set[str]:
-        with self.outbox.store.read() as conn:
+        with sqlite_of(self.outbox.store).read() as conn:
             return {row[0] for row in conn.execute("SELECT event_id FROM dodo_outbox_events")}
 
     def errors(self, name: str) -> list[dict[str, Any]]:
@@ -241,7 +242,7 @@ def test_latin1_events_are_refused_not_stored_altered(spool: Spool) -> None:
     (entry,) = spool.errors("latin1.ndjson")
     assert (entry["line"], entry["field"], entry["event_id"]) == (1, "customer_id", bad["event_id"])
     assert "UTF-8" in entry["message"]
-    with spool.outbox.store.read() as conn:
+    with sqlite_of(spool.outbox.store).read() as conn:
         assert (
             conn.execute("SELECT count(*) FROM dodo_outbox_events WHERE payload LIKE '%\ufffd%'").fetchone()[
                 0

@@ -50,8 +50,7 @@ class Endpoint:
         return address
 
     def rows(self) -> int:
-        with self.outbox.store.read() as conn:
-            return int(conn.execute("SELECT count(*) FROM dodo_outbox_events").fetchone()[0])
+        return sum(self.outbox.store.counts().values())
 
     def post(self, body: bytes, content_type: str | None = "application/json") -> httpx.Response:
         # Bytes, so a header with non-ASCII characters is sent as is (latin-1), not refused by httpx.

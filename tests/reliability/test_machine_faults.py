@@ -100,7 +100,7 @@ def post(agent: Agent, batch: list[dict[str, Any]]) -> httpx.Response:
 
 
 def stored_count(agent: Agent) -> int:
-    assert agent.store is not None
+    assert isinstance(agent.store, Store)  # the SQLite file itself: this test reads it directly
     with agent.store.read() as conn:
         return int(conn.execute("SELECT count(*) FROM dodo_outbox_events").fetchone()[0])
 
@@ -168,7 +168,7 @@ def test_disk_full_refuses_with_429_loses_nothing_and_recovers_by_itself(
     fake.set_faults(outage_seconds=3600)  # nothing is delivered (or pruned) while the disk fills
     acked: set[str] = set()
     with running_agent(tmp_path, fake.url) as agent:
-        assert agent.store is not None
+        assert isinstance(agent.store, Store)  # the SQLite file itself: this test reads its pages
         first = events("first", 50)
         assert post(agent, first).status_code == 200
         acked.update(e["event_id"] for e in first)
@@ -344,15 +344,22 @@ def test_doctor_on_a_healthy_outbox(tmp_path: Path) -> None:
 
 
 def test_salvage_keeps_states_and_turns_inflight_into_pending(tmp_path: Path) -> None:
-    from agent.store.salvage import salvage
+    from agent.store import salvage
 
     source = tmp_path / "source.db"
     with Store(source) as store:
         now = time.time()
         store.insert_groups([(validate_many(events("s", 4), now), "test")], int(now * US))
-        claimed = store.claim(int(now * US), 3, 1 << 30, 60 * US, "w")
-        store.mark_delivered([claimed[0].id], "w", int(now * US))
-        store.mark_dead([claimed[1].id], "w", int(now * US), "rejected", 400, '{"code":"BAD_REQUEST"}')
+        claimed = store.claim(now_us=int(now * US), limit=3, max_bytes=1 << 30, lease_us=60 * US, owner="w")
+        store.mark_delivered([claimed[0].id], owner="w", now_us=int(now * US))
+        store.mark_dead(
+            [claimed[1].id],
+            owner="w",
+            now_us=int(now * US),
+            reason="rejected",
+            http_status=400,
+            response='{"code":"BAD_REQUEST"}',
+        )
     with Store(tmp_path / "target.db") as target:
         report = salvage(source, target, int(now * US))
         got = {
@@ -483,7 +490,13 @@ def test_clock_jumping_back_after_failures_does_not_stall_retries(store: Store, 
 
 def test_clock_jumping_back_does_not_hold_a_dead_workers_leases(store: Store, fake: EmulatorServer) -> None:
     ids = put(store, "lease", 10)
-    store.claim(int(time.time() * US), 100, 1 << 30, 30 * US, "a-worker-that-died")
+    store.claim(
+        now_us=int(time.time() * US),
+        limit=100,
+        max_bytes=1 << 30,
+        lease_us=30 * US,
+        owner="a-worker-that-died",
+    )
     clock = Clock()
     clock.offset = -3600.0
     worker = make_worker(store, fake.url, clock, lease_seconds=2)

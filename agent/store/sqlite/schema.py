@@ -16,8 +16,7 @@ import time
 from collections.abc import Sequence
 
 from agent.errors import ConfigError, OutboxError
-
-STATES = ("pending", "inflight", "delivered", "dead")
+from agent.timestamps import to_us
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS dodo_outbox_events (
@@ -183,7 +182,7 @@ def _upgrade(conn: sqlite3.Connection) -> int:
         "INSERT INTO dodo_outbox_kv (key, value, updated_at) VALUES (?, ?, ?) "
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at "
         "WHERE value != excluded.value",
-        (VERSION_KEY, str(SCHEMA_VERSION), int(time.time() * 1_000_000)),
+        (VERSION_KEY, str(SCHEMA_VERSION), to_us(time.time())),
     )
     return found
 

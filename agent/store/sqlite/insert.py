@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from agent.errors import Conflict, EventConflictError, Problem
+from agent.errors import Conflict, EventConflictError
 from agent.events import Event
 from agent.repeats import CONFLICT, RETIMED, compare_content
-from agent.store import schema
+from agent.store.records import InsertResult, Retimed
+from agent.store.sqlite import schema
 from agent.timestamps import payload_timestamp
 
 INSERT_HEAD = (
@@ -33,45 +33,6 @@ ONE_STATEMENT_ROWS = 32
 """Up to this many rows are stored by one plain INSERT that commits by itself (_insert_autocommit).
 It bounds the distinct statements that path caches to 32."""
 plain_insert_sql: dict[int, str] = {}
-
-
-@dataclass(frozen=True, slots=True)
-class Retimed:
-    """An event of the call taken as a duplicate although its timestamp differs from the stored one's.
-
-    `index` is its position in the call, `stored` and `given` the two timestamps, `earlier` the position
-    of the event of the same call it repeats (None: it repeats the event already in the outbox).
-    """
-
-    index: int
-    event_id: str
-    stored: str
-    given: str
-    earlier: int | None = None
-
-    def note(self, where: str, earlier_where: str | None = None) -> Problem:
-        """The note for a result: `where` names this event (a path, a line), `earlier_where` the other."""
-        if self.earlier is None:
-            kept = "the one stored"
-        else:
-            kept = earlier_where if earlier_where is not None else f"event {self.earlier} of this call"
-        return Problem(
-            where,
-            f"same event as {kept} ({self.event_id!r}); only timestamp differs (stored {self.stored}, "
-            f"given {self.given}): kept the {'stored' if self.earlier is None else 'earlier'} one",
-        )
-
-
-@dataclass
-class InsertResult:
-    """What one enqueue call stored: event_ids that were new and those already in the outbox.
-
-    `retimed` lists the duplicates whose producer-given timestamp differed (see Retimed).
-    """
-
-    new: list[str] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
-    retimed: list[Retimed] = field(default_factory=list)
 
 
 def rows_of(events: Sequence[Event], source: str, now_us: int) -> list[tuple[object, ...]]:

@@ -1,4 +1,4 @@
-"""A damaged outbox file: check it, move it aside, and salvage the rows that can still be read.
+"""A damaged outbox file: salvage the rows that can still be read (damage.py checks and moves it aside).
 
 Pure Python over the sqlite3 module (no `sqlite3` binary needed). The damaged file is opened on its
 own connection, never through `Store` (which would refuse it, and would migrate it).
@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.errors import OutboxError
-from agent.store.base import StoreBase
-from agent.store.schema import STATES, stored_version
+from agent.store.records import State
+from agent.store.sqlite.connection import StoreBase
+from agent.store.sqlite.damage import readable
 from agent.timestamps import strip_timestamp
+
+_STATES = frozenset(s.value for s in State)
 
 COLUMNS = (
     "event_id, event_name, ts, payload, stamped, source, state, attempts, enqueued_at, next_attempt_at, "
@@ -45,21 +43,6 @@ _INSERT = (
 CHUNK_IDS = 4096
 """Ids read per range query: one query per range while the table reads cleanly."""
 INSERT_CHUNK = 2000
-SIDE_FILES = ("-wal", "-shm", "-journal")
-
-
-@dataclass
-class Health:
-    """What an integrity check of one file found. `problems` is empty when the file is healthy."""
-
-    path: Path
-    problems: list[str] = field(default_factory=list)
-    counts: dict[str, int] | None = None  # rows per state, when they could be counted
-    schema_version: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
 
 
 @dataclass
@@ -85,125 +68,6 @@ class SalvageReport:
         return not (self.invalid or self.unreadable or self.schema_error)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), isolation_level=None, timeout=10)
-    conn.execute("PRAGMA query_only = 1")
-    return conn
-
-
-def _open(path: Path) -> sqlite3.Connection:
-    """The damaged file on a connection of its own that writes nothing (its WAL is still read)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no outbox file at {path}")
-    return _connect(path)
-
-
-def expected_size(path: Path) -> tuple[int, int] | None:
-    """(bytes the header says the file has, bytes it has) when the file is shorter: truncated."""
-    with path.open("rb") as handle:
-        head = handle.read(100)
-    if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
-        return None
-    page_size = int.from_bytes(head[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(head[28:32], "big")
-    actual = path.stat().st_size
-    return (pages * page_size, actual) if pages and actual < pages * page_size else None
-
-
-@contextlib.contextmanager
-def _readable(path: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to `path`, or to a zero-padded copy of it when it is truncated."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no outbox file at {path}")
-    truncated = expected_size(path)
-    if truncated is None:
-        conn = _connect(path)
-        try:
-            yield conn
-        finally:
-            conn.close()
-        return
-    with tempfile.TemporaryDirectory(prefix=".dodo-outbox-salvage-", dir=path.parent) as scratch:
-        copy = Path(scratch) / path.name
-        shutil.copyfile(path, copy)
-        with contextlib.suppress(FileNotFoundError):
-            shutil.copyfile(f"{path}-wal", f"{copy}-wal")
-        os.truncate(copy, truncated[0])  # extends with zeros: missing pages read as damaged ones
-        conn = _connect(copy)
-        try:
-            yield conn
-        finally:
-            conn.close()
-
-
-def check(path: Path, *, full: bool = True, limit: int = 20) -> Health:
-    """Run `PRAGMA integrity_check` (or `quick_check` with `full=False`) on `path` and count its rows.
-
-    Never raises for a damaged file: what SQLite says becomes `problems`. Raises FileNotFoundError when
-    there is no file.
-    """
-    health = Health(path)
-    truncated = expected_size(path) if path.is_file() else None
-    if truncated is not None:
-        health.problems.append(
-            f"truncated: the file has {truncated[1]} bytes, its header says {truncated[0]}"
-        )
-    try:
-        conn = _open(path)
-    except sqlite3.DatabaseError as exc:
-        health.problems.append(f"cannot open: {exc}")
-        return health
-    try:
-        pragma = "integrity_check" if full else "quick_check"
-        try:
-            rows = conn.execute(f"PRAGMA {pragma}({int(limit)})").fetchall()
-            found = [" ".join(str(r[0]).split()) for r in rows]
-            if found != ["ok"]:
-                health.problems.extend(found)
-        except sqlite3.DatabaseError as exc:
-            health.problems.append(f"{pragma} failed: {exc}")
-        with contextlib.suppress(sqlite3.DatabaseError, OutboxError):
-            health.schema_version = stored_version(conn)
-        with contextlib.suppress(sqlite3.DatabaseError):
-            counts = dict.fromkeys(STATES, 0)
-            for state, count in conn.execute(
-                "SELECT state, count(*) FROM dodo_outbox_events NOT INDEXED GROUP BY state"
-            ):
-                counts[str(state)] = int(count)
-            health.counts = counts
-    finally:
-        conn.close()
-    return health
-
-
-def quarantine(path: Path, now: float) -> Path:
-    """Move a damaged outbox (and its -wal/-shm/-journal files) aside to `<name>.corrupt-<UTC time>`.
-
-    Returns the new path of the database file; its WAL moves with it under the matching name, so
-    `salvage` still reads the transactions committed there. Raises OSError when it cannot be moved.
-    """
-    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 0
-    while any(os.path.lexists(f"{target}{suffix}") for suffix in ("", *SIDE_FILES)):
-        n += 1
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    # The side files first: a crash half-way leaves the database file in place, still detected next
-    # start, rather than a database whose WAL was already taken away.
-    for suffix in SIDE_FILES:
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(f"{path}{suffix}", f"{target}{suffix}")
-    os.replace(path, target)
-    with contextlib.suppress(OSError):
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    return target
-
-
 def _intact(row: Sequence[object]) -> bool:
     """Whether a row read from a damaged file is whole: a known state and the canonical payload of
     the same event_id (damage inside a cell can leave SQLite reading it without complaint)."""
@@ -211,7 +75,7 @@ def _intact(row: Sequence[object]) -> bool:
     state = row[6]
     if not isinstance(event_id, str) or not isinstance(payload, str) or not isinstance(ts, int):
         return False
-    if state not in STATES:
+    if state not in _STATES:
         return False
     try:
         document = json.loads(payload)
@@ -342,7 +206,7 @@ def salvage(source: Path, target: StoreBase, now_us: int) -> SalvageReport:
     """
     report = SalvageReport(source, target.path)
     reading = _Reading()
-    with _readable(source) as conn:
+    with readable(source) as conn:
         try:
             conn.execute("SELECT id FROM dodo_outbox_events LIMIT 0").fetchall()
         except sqlite3.DatabaseError as exc:

@@ -1,0 +1,91 @@
+"""The store conformance suite: every backend of `agent.store.OutboxStore` must pass tests/store/.
+
+Each test takes `store` (a fresh, empty outbox) or `store_factory` (open the same outbox again, e.g.
+to reopen it) and runs once per backend in BACKENDS. A new backend (issue 13: PostgreSQL) joins by
+adding its name to BACKENDS and its branch to `_open` and `caller_transaction`; the tests do not
+change. Tests of one backend's own mechanics (SQLite's pragmas, WAL, file stats, salvage) live in
+tests/store/test_sqlite.py, which does not use these fixtures.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.store import OutboxStore, StoreOptions, open_store
+
+BACKENDS = ["sqlite"]
+
+StoreFactory = Callable[[], OutboxStore]
+"""Opens (again) the one outbox of the test; every store it opened is closed after the test."""
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def _location(backend: str, tmp_path: Path) -> str | Path:
+    if backend == "sqlite":
+        return tmp_path / "conformance.db"
+    raise AssertionError(f"no location for backend {backend!r}")
+
+
+@pytest.fixture
+def store_factory(backend: str, tmp_path: Path) -> Iterator[StoreFactory]:
+    location = _location(backend, tmp_path)
+    opened: list[OutboxStore] = []
+
+    def factory() -> OutboxStore:
+        store = open_store(location, StoreOptions())
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> OutboxStore:
+    return store_factory()
+
+
+@dataclass
+class CallerTransaction:
+    """An application's own connection with an open transaction (the transactional outbox)."""
+
+    conn: Any
+    commit: Callable[[], None]
+    rollback: Callable[[], None]
+
+
+@pytest.fixture
+def caller_transaction(backend: str, tmp_path: Path) -> Iterator[Callable[[], CallerTransaction]]:
+    """Begins a transaction on a new application connection to the test's outbox."""
+    connections: list[sqlite3.Connection] = []
+
+    def begin() -> CallerTransaction:
+        if backend != "sqlite":
+            raise AssertionError(f"no application connection for backend {backend!r}")
+        conn = sqlite3.connect(_location(backend, tmp_path), isolation_level=None, timeout=10)
+        connections.append(conn)
+        conn.execute("BEGIN IMMEDIATE")
+
+        def commit() -> None:
+            conn.execute("COMMIT")
+
+        def rollback() -> None:
+            conn.execute("ROLLBACK")
+
+        return CallerTransaction(conn, commit, rollback)
+
+    yield begin
+    for conn in connections:
+        conn.close()
