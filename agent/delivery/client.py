@@ -24,11 +24,10 @@ import orjson
 
 from agent import __version__
 from agent.config import Settings
+from agent.store.records import RESPONSE_EXCERPT_CHARS
 
 INGEST_PATH = "/events/ingest"
 USER_AGENT = f"dodo-outbox/{__version__}"
-EXCERPT_CHARS = 2000
-"""How much of a response body a result keeps (the store keeps the same bound)."""
 BODY_PREFIX = b'{"events":['
 BODY_SUFFIX = b"]}"
 BODY_OVERHEAD = len(BODY_PREFIX) + len(BODY_SUFFIX)
@@ -137,7 +136,7 @@ class DodoClient:
         ingested: int | None = None
         if 200 <= status < 300:
             ingested = _ingested_count(content)
-        text = content[: EXCERPT_CHARS * 4].decode("utf-8", "replace")[:EXCERPT_CHARS]
+        text = content[: RESPONSE_EXCERPT_CHARS * 4].decode("utf-8", "replace")[:RESPONSE_EXCERPT_CHARS]
         kept = {name: response.headers[name] for name in KEPT_HEADERS if name in response.headers}
         return SendResult(status, _scrub(text, api_key), duration, kept, ingested)
 

@@ -18,7 +18,7 @@ from agent.timestamps import US
 
 
 class State(StrEnum):
-    """The life of an outbox row (see shared/design.md): pending → inflight → delivered | dead."""
+    """The life of an outbox row (see docs/design.md): pending → inflight → delivered | dead."""
 
     PENDING = "pending"
     INFLIGHT = "inflight"
