@@ -347,3 +347,53 @@ class Outbox:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(poll)
+
+    def enqueue_calls(
+        self, calls: Sequence[tuple[Sequence[Event], str]]
+    ) -> list[EnqueueResult | EventConflictError | InvalidEventError | OutboxError]:
+        """Store several independent calls' validated events in ONE transaction (the HTTP committer).
+
+        Each call is atomic on its own: a call refused (EventConflictError, the checker's
+        InvalidEventError, OutboxFullError) stores nothing and gets its error in the returned list,
+        at its position; the others are stored and get their EnqueueResult. Returns after COMMIT.
+        Raises OutboxError when the transaction itself fails (nothing of any call is stored).
+        """
+        outcomes: list[EnqueueResult | EventConflictError | InvalidEventError | OutboxError | None] = [
+            None
+        ] * len(calls)
+        checked: dict[int, list[Problem]] = {}
+        groups: list[tuple[Sequence[Event], str]] = []
+        positions: list[int] = []
+        for index, (events, source) in enumerate(calls):
+            if not events:
+                outcomes[index] = EnqueueResult(source=source)
+                continue
+            try:
+                checked[index] = list(self.checker(events)) if self.checker is not None else []
+                self._check_capacity(len(events))
+            except (InvalidEventError, OutboxFullError) as exc:
+                outcomes[index] = exc
+                continue
+            groups.append((events, source))
+            positions.append(index)
+        if groups:
+            now_us = int(self._clock() * 1_000_000)
+            with self._commit_lock:
+                stored = self.store.insert_groups(groups, now_us)
+            for index, (events, source), inserted in zip(positions, groups, stored, strict=True):
+                if isinstance(inserted, EventConflictError):
+                    outcomes[index] = inserted
+                    continue
+                result = EnqueueResult(
+                    new=inserted.new,
+                    duplicates=inserted.duplicates,
+                    warnings=[w for e in events for w in e.warnings] + checked[index],
+                    late=[e.event_id for e in events if e.late],
+                    source=source,
+                    retimed=inserted.retimed,
+                )
+                self._backlog += len(result.new)
+                for listener in self._listeners:
+                    listener(result)
+                outcomes[index] = result
+        return [outcome for outcome in outcomes if outcome is not None]

@@ -25,9 +25,10 @@ Shutting down: set the `shutting_down` event given to `create_app` (or `app.stat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ from agent.errors import (
 )
 from agent.intake.auth import require_bearer
 from agent.intake.body import Refusal, check_body, json_response, retry_headers, summary
+from agent.intake.committer import Committer, CommitterBusy, CommitterClosed
 from agent.intake.readback import Readback
 from agent.logs import get_logger
 from agent.ops import metrics
@@ -58,8 +60,11 @@ from agent.outbox import Outbox
 log = get_logger(__name__)
 
 INTAKE_THREADS = 128
-"""Worker threads for ingest calls. anyio's default limiter (40) would cap how many requests share one
-group commit; ingest uses its own limiter so it neither starves nor is starved by other thread users."""
+"""Worker threads for the endpoint's blocking calls (large bodies' validation, status, readiness): its
+own limiter, so it neither starves nor is starved by other thread users. Commits go to the committer."""
+INLINE_BODY_BYTES = 64 << 10
+"""Bodies up to this size are validated on the event loop (tens of microseconds); larger ones (up to
+1000 events, milliseconds) in a worker thread so other connections are not held up meanwhile."""
 DRAIN_BYTES = 8 << 20
 """An oversized body is read and thrown away up to this much past the limit, so a client that writes
 its whole request before reading sees the 413 rather than a reset; beyond it the connection is cut."""
@@ -79,7 +84,20 @@ class HttpIntake:
     shutting_down: threading.Event
     clock: Callable[[], float] = time.time
     full_retry_after: float | None = None
+    committer: Committer = field(init=False)
     _limiters: dict[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.committer = Committer(self.outbox)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object) -> AsyncIterator[None]:
+        """Served: the committer runs; stopped: it commits what is queued and answers every request."""
+        self.committer.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(self.committer.stop)
 
     def _limiter(self) -> anyio.CapacityLimiter:
         # A limiter belongs to one event loop; a server stopped and started again runs a new one.
@@ -139,15 +157,24 @@ class HttpIntake:
             headers={"Connection": "close"} if close else None,
         )
 
-    def _store(self, body: bytes) -> Response:
-        """Validate and commit (runs in a worker thread: the commit waits for the disk)."""
-        events = check_body(body, self.clock(), self.outbox.max_event_age)
+    async def _store(self, body: bytes) -> Response:
+        """Validate, commit through the committer thread, answer once the commit returned."""
+        if len(body) <= INLINE_BODY_BYTES:
+            # Microseconds for a few events: cheaper on the event loop than a hop to a thread.
+            events = check_body(body, self.clock(), self.outbox.max_event_age)
+        else:
+            events = await self._in_thread(lambda: check_body(body, self.clock(), self.outbox.max_event_age))
         try:
-            result = self.outbox.enqueue_validated(events, source="http")
+            result = await self.committer.submit(events, source="http")
         except OutboxFullError as exc:
             wait = self.full_retry_after if self.full_retry_after is not None else exc.retry_after
             log.warning("intake_refused_full", source="http", events=len(events), reason=str(exc))
             raise Refusal(429, "OUTBOX_FULL", str(exc), headers=retry_headers(wait)) from None
+        except CommitterBusy as exc:
+            log.warning("intake_refused_busy", source="http", events=len(events), reason=str(exc))
+            raise Refusal(429, "INTAKE_BUSY", str(exc), headers=retry_headers(exc.retry_after)) from None
+        except CommitterClosed:
+            raise _shutting_down() from None
         except EventConflictError as exc:
             # Every refused event by its index (both events of a clash inside the request, although
             # check_body already refuses an id twice in one request, as Dodo does).
@@ -183,12 +210,7 @@ class HttpIntake:
     async def ingest(self, request: Request) -> Response:
         try:
             if self.shutting_down.is_set():
-                raise Refusal(
-                    503,
-                    "SHUTTING_DOWN",
-                    "the agent is shutting down; retry shortly",
-                    headers=retry_headers(SHUTDOWN_RETRY_AFTER),
-                )
+                raise _shutting_down()
             self._authorize(request)
             media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
             if media and media != "application/json" and not media.endswith("+json"):
@@ -198,8 +220,7 @@ class HttpIntake:
                     f"Content-Type {media!r}: send Content-Type: application/json",
                 )
             body = await self._read_body(request)
-            response: Response = await self._in_thread(lambda: self._store(body))
-            return response
+            return await self._store(body)
         except Refusal as refusal:
             metrics.record_http_refusal(refusal.code, refusal.message, refusal.problems)
             return refusal.response()
@@ -245,6 +266,15 @@ class HttpIntake:
             return await handler(request)
 
         return endpoint
+
+
+def _shutting_down() -> Refusal:
+    return Refusal(
+        503,
+        "SHUTTING_DOWN",
+        "the agent is shutting down; retry shortly",
+        headers=retry_headers(SHUTDOWN_RETRY_AFTER),
+    )
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -299,7 +329,11 @@ def create_app(
             Route("/events", intake.guarded(readback.list_events), methods=["GET"]),
             Route("/events/{event_id:path}", intake.guarded(readback.get_event), methods=["GET"]),
         ]
-    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_found, Exception: _crashed})
+    app = Starlette(
+        routes=routes,
+        exception_handlers={404: _not_found, 405: _not_found, Exception: _crashed},
+        lifespan=intake.lifespan,
+    )
     app.state.intake = intake
     app.state.shutting_down = intake.shutting_down
     return app
