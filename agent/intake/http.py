@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from agent.config import HttpIntakeSettings
 from agent.errors import (
@@ -68,6 +69,7 @@ INLINE_BODY_BYTES = 64 << 10
 DRAIN_BYTES = 8 << 20
 """An oversized body is read and thrown away up to this much past the limit, so a client that writes
 its whole request before reading sees the 413 rather than a reset; beyond it the connection is cut."""
+INGEST_PATH = "/events/ingest"
 SHUTDOWN_RETRY_AFTER = 5.0
 UNAVAILABLE_RETRY_AFTER = 2.0
 Handler = Callable[[Request], Awaitable[Response]]
@@ -227,6 +229,16 @@ class HttpIntake:
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening; nothing was stored
 
+    async def asgi_ingest(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`POST /events/ingest` as a bare ASGI handler: the same `ingest`, without Starlette's router and
+        its two exception middlewares (a fifth of the event loop's time per request in a profile)."""
+        request = Request(scope, receive)
+        try:
+            response = await self.ingest(request)
+        except Exception as exc:  # what ServerErrorMiddleware would answer
+            response = await _crashed(request, exc)
+        await response(scope, receive, send)
+
     async def healthz(self, request: Request) -> Response:
         return json_response(200, {"status": "ok"})
 
@@ -288,6 +300,17 @@ async def _crashed(request: Request, exc: Exception) -> Response:
     return json_response(500, {"code": "INTERNAL_SERVER_ERROR", "message": "an agent bug; see its log"})
 
 
+class IntakeApp(Starlette):
+    """The endpoint's Starlette app, with `POST /events/ingest` served by `HttpIntake.asgi_ingest`
+    directly (the hot path); every other request goes through the router as usual."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == INGEST_PATH and scope["method"] == "POST":
+            await self.state.intake.asgi_ingest(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     outbox: Outbox,
     settings: HttpIntakeSettings,
@@ -318,7 +341,7 @@ def create_app(
         full_retry_after=full_retry_after,
     )
     routes: list[BaseRoute] = [
-        Route("/events/ingest", intake.ingest, methods=["POST"]),
+        Route(INGEST_PATH, intake.ingest, methods=["POST"]),
         Route("/healthz", intake.healthz, methods=["GET"]),
         Route("/readyz", intake.readyz, methods=["GET"]),
         Route("/v1/status", intake.status_document, methods=["GET"]),
@@ -329,7 +352,7 @@ def create_app(
             Route("/events", intake.guarded(readback.list_events), methods=["GET"]),
             Route("/events/{event_id:path}", intake.guarded(readback.get_event), methods=["GET"]),
         ]
-    app = Starlette(
+    app = IntakeApp(
         routes=routes,
         exception_handlers={404: _not_found, 405: _not_found, Exception: _crashed},
         lifespan=intake.lifespan,
