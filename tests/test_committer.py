@@ -10,7 +10,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -51,6 +51,15 @@ def stored(path: Path) -> dict[str, str]:
         return dict(conn.execute("SELECT event_id, payload FROM dodo_outbox_events").fetchall())
 
 
+async def _until(predicate: Callable[[], bool], what: str) -> None:
+    """Poll `predicate` without blocking the event loop (the committer needs it to hand requests over)."""
+    deadline = time.monotonic() + 60
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 async def _queued(committer: Committer, count: int) -> None:
     """Wait (without blocking the loop) until `count` events are queued behind the gated commit."""
     deadline = time.monotonic() + 60
@@ -67,8 +76,7 @@ def test_a_conflicting_request_among_concurrent_ones_is_refused_alone(tmp_path: 
 
     async def main() -> list[EnqueueResult | BaseException]:
         first = asyncio.ensure_future(committer.submit(events(outbox, "first")))
-        await asyncio.sleep(0)
-        wait_until(lambda: outbox.batches == [1], what="the first commit to start")
+        await _until(lambda: outbox.batches == [1], "the first commit to start")
         calls = [committer.submit(events(outbox, f"ok{i}", f"ok{i}b")) for i in range(5)]
         calls.insert(2, committer.submit(events(outbox, "new-too", "clash", metadata={"tokens": 2})))
         tasks = [asyncio.ensure_future(call) for call in calls]
@@ -157,8 +165,7 @@ def test_stop_answers_every_waiting_request_even_when_the_disk_hangs(tmp_path: P
 
     async def main() -> list[EnqueueResult | BaseException]:
         first = asyncio.ensure_future(committer.submit(events(outbox, "in-commit")))
-        await asyncio.sleep(0)
-        wait_until(lambda: outbox.batches == [1], what="the first commit to start")
+        await _until(lambda: outbox.batches == [1], "the first commit to start")
         queued = [asyncio.ensure_future(committer.submit(events(outbox, f"q{i}"))) for i in range(3)]
         await _queued(committer, 3)
         # The commit hangs past stop's timeout: the queued requests are refused, none waits forever.

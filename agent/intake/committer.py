@@ -94,6 +94,9 @@ class Committer:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._idle = False  # the thread sleeps on _cond; guarded by it
+        # Requests of the current turn of each event loop, not yet queued (touched on that loop only).
+        self._staged: dict[asyncio.AbstractEventLoop, list[_Call]] = {}
+        self._staged_events = 0
 
     @property
     def waiting_events(self) -> int:
@@ -116,23 +119,48 @@ class Committer:
         Raises CommitterBusy (queue full), CommitterClosed (stopped), and what the outbox refuses the
         call with (EventConflictError, InvalidEventError, OutboxFullError, OutboxError).
         """
+        if self._closed:
+            raise CommitterClosed("the agent is shutting down; retry shortly")
+        if self._thread is None:
+            with self._cond:
+                self._spawn()
+        queued = self._waiting_events + self._staged_events
+        if queued and queued + len(events) > self.max_waiting_events:
+            raise CommitterBusy(
+                f"{queued} events are waiting to be committed (the limit is {self.max_waiting_events}): "
+                "the disk is slower than the intake; retry shortly"
+            )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[EnqueueResult] = loop.create_future()
-        with self._cond:
-            if self._closed:
-                raise CommitterClosed("the agent is shutting down; retry shortly")
-            if self._thread is None:
-                self._spawn()
-            if self._queue and self._waiting_events + len(events) > self.max_waiting_events:
-                raise CommitterBusy(
-                    f"{self._waiting_events} events are waiting to be committed (the limit is "
-                    f"{self.max_waiting_events}): the disk is slower than the intake; retry shortly"
-                )
-            self._queue.append(_Call(events, source, loop, future))
-            self._waiting_events += len(events)
-            if self._idle:
-                self._cond.notify()
+        staged = self._staged.get(loop)
+        if staged is None:
+            # The requests that arrive in this turn of the loop go to the committer together: one lock
+            # and at most one thread wake-up for all of them, instead of one per request.
+            staged = self._staged[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        staged.append(_Call(events, source, loop, future))
+        self._staged_events += len(events)
         return await future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On `loop`: queue its staged requests for the committer (refused if it stopped meanwhile)."""
+        calls = self._staged.pop(loop, [])
+        count = sum(len(call.events) for call in calls)
+        self._staged_events -= count
+        with self._cond:
+            closed = self._closed
+            if not closed:
+                self._queue.extend(calls)
+                self._waiting_events += count
+                if self._idle:
+                    self._cond.notify()
+        if closed:
+            _settle(
+                [
+                    (call.future, CommitterClosed("the agent is shutting down; retry shortly"))
+                    for call in calls
+                ]
+            )
 
     def stop(self, timeout: float = 10.0) -> None:
         """Refuse new requests, commit what is queued, join the thread (up to `timeout` seconds).
