@@ -177,7 +177,10 @@ def run(ctx: Context) -> list[Row]:
             "bare ASGI app's p99",
             bare_latency[1] if bare else None,
             REPORT,
-            note="wrk measures from the request's send; no coordinated-omission correction",
+            note=_note(
+                {"ours": single["ours"].reports, "the baseline": single["bare"].reports},
+                "from each request's send to its answer; no coordinated-omission correction",
+            ),
             missing=_missing(ours, bare),
         ),
         Row(
@@ -238,9 +241,10 @@ def _cpu_row(name: str, path: str, side: _Side, bare: _Side) -> Row:
         CPU_UNIT,
         "bare ASGI app (parses, stores nothing)",
         baseline,
-        note=(
+        note=_note(
+            {"ours": side.reports, "the baseline": bare.reports},
             f"{side.cpu:.2f} CPU s (user + system, every thread of the agent's process) for "
-            f"{side.events_ok} events; lower is better"
+            f"{side.events_ok} events; lower is better",
         ),
         missing=_missing(figure, baseline),
     )
