@@ -13,10 +13,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import InvalidEventError, OutboxFullError, Problem
+from agent.errors import EventConflictError, InvalidEventError, OutboxError, OutboxFullError, Problem
 from agent.events import MAX_EVENT_AGE_SECONDS, Event, check_event, validate_many
 from agent.groupcommit import GroupCommit
-from agent.store import OutboxStore, Retimed, StoreOptions, open_store
+from agent.store import InsertResult, OutboxStore, Retimed, StoreOptions, open_store
 from agent.timestamps import to_us
 
 if TYPE_CHECKING:
@@ -176,23 +176,19 @@ class Outbox:
             return EnqueueResult(source=source)
         checked = list(self.checker(events)) if self.checker is not None else []
         now_us = to_us(self._clock())
-        if conn is not None:
-            inserted = self.store.insert_on(conn, events, source, now_us)
-        else:
-            self._check_capacity(len(events))
-            inserted = self._group.commit(events, source, now_us)
-        result = EnqueueResult(
-            new=inserted.new,
-            duplicates=inserted.duplicates,
-            warnings=[w for e in events for w in e.warnings] + checked,
-            late=[e.event_id for e in events if e.late],
-            source=source,
-            retimed=inserted.retimed,
-        )
-        if conn is None:
-            self._backlog += len(result.new)
-            for listener in self._listeners:
-                listener(result)
+        if conn is not None:  # the caller's transaction decides: nothing is known stored yet
+            return _result(events, self.store.insert_on(conn, events, source, now_us), checked, source)
+        self._check_capacity(len(events))
+        return self._stored(events, self._group.commit(events, source, now_us), checked, source)
+
+    def _stored(
+        self, events: Sequence[Event], inserted: InsertResult, checked: list[Problem], source: str
+    ) -> EnqueueResult:
+        """The result of a committed call; counts it in the backlog and tells the listeners."""
+        result = _result(events, inserted, checked, source)
+        self._backlog += len(result.new)
+        for listener in self._listeners:
+            listener(result)
         return result
 
     def _check_capacity(self, adding: int) -> None:
@@ -241,3 +237,55 @@ class Outbox:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(poll)
+
+    def enqueue_calls(
+        self, calls: Sequence[tuple[Sequence[Event], str]]
+    ) -> list[EnqueueResult | EventConflictError | InvalidEventError | OutboxError]:
+        """Store several independent calls' validated events in ONE transaction (the HTTP committer).
+
+        Each call is atomic on its own: a call refused (EventConflictError, the checker's
+        InvalidEventError, OutboxFullError) stores nothing and gets its error in the returned list,
+        at its position; the others are stored and get their EnqueueResult. Returns after COMMIT.
+        Raises OutboxError when the transaction itself fails (nothing of any call is stored).
+        """
+        outcomes: list[EnqueueResult | EventConflictError | InvalidEventError | OutboxError | None] = [
+            None
+        ] * len(calls)
+        checked: dict[int, list[Problem]] = {}
+        groups: list[tuple[Sequence[Event], str]] = []
+        positions: list[int] = []
+        for index, (events, source) in enumerate(calls):
+            if not events:
+                outcomes[index] = EnqueueResult(source=source)
+                continue
+            try:
+                checked[index] = list(self.checker(events)) if self.checker is not None else []
+                self._check_capacity(len(events))
+            except (InvalidEventError, OutboxFullError) as exc:
+                outcomes[index] = exc
+                continue
+            groups.append((events, source))
+            positions.append(index)
+        if groups:
+            with self._group.commit_lock:
+                stored = self.store.insert_groups(groups, to_us(self._clock()))
+            for index, (events, source), inserted in zip(positions, groups, stored, strict=True):
+                if isinstance(inserted, EventConflictError):
+                    outcomes[index] = inserted
+                else:
+                    outcomes[index] = self._stored(events, inserted, checked[index], source)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _result(
+    events: Sequence[Event], inserted: InsertResult, checked: list[Problem], source: str
+) -> EnqueueResult:
+    """What one call stored, with its warnings (the events' own and the checker's) and late events."""
+    return EnqueueResult(
+        new=inserted.new,
+        duplicates=inserted.duplicates,
+        warnings=[w for e in events for w in e.warnings] + checked,
+        late=[e.event_id for e in events if e.late],
+        source=source,
+        retimed=inserted.retimed,
+    )

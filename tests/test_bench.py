@@ -29,9 +29,14 @@ EXPECTED = {
     "enqueue.threads16",
     "enqueue.batch",
     "enqueue.batch.validating",
+    "http.single.bare",
+    "http.single.p99",
     "http.single.no_store",
     "http.single.per_request",
     "http.batch",
+    "cpu.http.single",
+    "cpu.http.batch",
+    "cpu.drain",
     "drain.bare",
     "drain.peer",
     "drain.peer.batched",
@@ -83,7 +88,7 @@ def test_every_path_is_reported_with_a_figure_or_the_reason_it_has_none(document
         if row["missing"]:
             # A busy machine may leave a short load round without one successful request: that is
             # reported (no figure, no verdict, a note saying why), never a pass, a miss or a crash.
-            assert row["missing"] == NO_DATA and name.startswith("http."), f"{name}: {row}"
+            assert row["missing"] == NO_DATA and name.startswith(("http.", "cpu.http.")), f"{name}: {row}"
             assert None in (row["ours"], row["baseline"]) and row["passed"] is None and row["ratio"] is None
             assert "no request succeeded" in row["note"]
             continue

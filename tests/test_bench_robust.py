@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from agent.bench import http, loadgen, runner
+from agent.bench import http, loadgen, runner, wrk
 from agent.bench.common import NO_DATA, NOT_INSTALLED, Context, Row
 from agent.cli import cli
 
@@ -41,28 +41,37 @@ def test_http_rounds_where_no_request_succeeds_are_rows_without_a_figure_or_verd
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     refused = _refused_url()
-    real_run_load = loadgen.run_load
+    real_run_http_load = wrk.run_http_load
 
     def against_a_refusing_server(url: str, **kwargs: Any) -> dict[str, Any]:
-        return real_run_load(refused, **kwargs)  # the real child process, every connection refused
+        # The real load generator (wrk when installed, else the built-in child), every connection refused.
+        return real_run_http_load(refused, **kwargs)
 
-    monkeypatch.setattr(http, "run_load", against_a_refusing_server)
+    monkeypatch.setattr(http, "run_http_load", against_a_refusing_server)
     rows = http.run(Context(tmp_path, quick=True, scale=0.05, progress=lambda text: None))
 
-    assert [row.name for row in rows] == ["http.single.no_store", "http.single.per_request", "http.batch"]
+    assert [row.name for row in rows] == [
+        "http.single.bare",
+        "http.single.p99",
+        "http.single.no_store",
+        "http.single.per_request",
+        "http.batch",
+        "cpu.http.single",
+        "cpu.http.batch",
+    ]
     for row in rows:
         assert row.ours is None and row.missing == NO_DATA
         assert row.passed is None and row.ratio is None
         assert "no request succeeded in 1 round(s)" in row.note, row.note
-        assert "ConnectionRefusedError" in row.note, row.note
+        assert "ConnectionRefusedError" in row.note or "Connection refused" in row.note, row.note
     document = runner.results_document(rows, True, 0.05, ["http"], {}, 1.0, tmp_path)
     parsed = json.loads(json.dumps(document))  # what --json prints: null, not a crash
-    assert [row["ours"] for row in parsed["results"]] == [None, None, None]
+    assert [row["ours"] for row in parsed["results"]] == [None] * len(rows)
     assert {row["missing"] for row in parsed["results"]} == {NO_DATA}
     console = Console(width=250, record=True, color_system=None)
     runner.render_table(document, console)
     text = console.export_text()
-    assert text.count(NO_DATA) >= 3
+    assert text.count(NO_DATA) >= len(rows)
     assert "pass" not in text and "miss" not in text
 
 
@@ -121,3 +130,28 @@ def test_a_broken_group_is_reported_the_others_still_run_and_bench_exits_1(
     assert document["failures"] == {"latency": "RuntimeError: the emulator did not start"}
     assert [row["name"] for row in document["results"]] == ["fine.row"]
     assert "the latency benchmark failed: RuntimeError: the emulator did not start" in result.stderr
+
+
+def test_without_wrk_the_built_in_generator_measures_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wrk, "wrk_path", lambda: None)
+    report = wrk.run_http_load(_refused_url(), connections=2, events=1, duration=0.3, prefix="r")
+    assert report["generator"] == "built-in" and report["ok"] == 0
+    assert any("ConnectionRefusedError" in error for error in report["errors"]), report
+
+
+@pytest.mark.skipif(wrk.wrk_path() is None, reason="wrk is not installed (apt-get install wrk)")
+def test_wrk_sends_a_fresh_event_id_in_every_event_and_each_200_is_stored(tmp_path: Path) -> None:
+    from contextlib import ExitStack
+
+    from agent.outbox import Outbox
+
+    with ExitStack() as stack:
+        outbox = Outbox(tmp_path / "outbox.db")
+        url = http._serve(stack, outbox)
+        report = wrk.run_http_load(url, connections=4, events=3, duration=1, prefix="u")
+        stored = sum(outbox.store.counts().values())
+    assert report["generator"] == "wrk" and report["ok"] > 0, report
+    assert report["statuses"] == {"200": report["ok"]}
+    # A repeated id would be a duplicate (200, not stored twice): fewer rows than acknowledged events.
+    # Requests still in flight when wrk stopped may be stored too.
+    assert stored >= report["events"] == 3 * report["ok"]

@@ -19,15 +19,18 @@ from pathlib import Path
 from agent.bench import baselines
 from agent.bench.common import (
     API_KEY,
+    CPU_UNIT,
     MIN_RATIO,
     NOT_INSTALLED,
     Context,
     Row,
     Stopwatch,
+    cpu_per_million,
     fast_events,
     median,
     now_timestamp,
     paired_rounds,
+    process_cpu,
     rate,
     raw_event,
 )
@@ -79,9 +82,8 @@ def run(ctx: Context) -> list[Row]:
     ctx.progress(f"drain: starting the emulator; {rounds} rounds of {per_round} events per side")
     with running_emulator() as url:
         ctx.progress("drain: ours vs the bare raw-SQL loop")
-        figures = paired_rounds(
-            {"ours": _ours(ctx, url, per_round), "bare": _bare(ctx, url, per_round)}, rounds
-        )
+        ours_side = _Ours(ctx, url, per_round)
+        figures = paired_rounds({"ours": ours_side, "bare": _bare(ctx, url, per_round)}, rounds)
         peer_one: float | None = None
         peer_batch: float | None = None
         if baselines.peer_installed():
@@ -127,19 +129,37 @@ def run(ctx: Context) -> list[Row]:
             note=baselines.PEER_MISSING_NOTE if missing else "each get and ack is still its own commit",
             missing=missing,
         ),
+        Row(
+            "cpu.drain",
+            "CPU, drain 1000/batch",
+            cpu_per_million(ours_side.cpu, ours_side.delivered),
+            CPU_UNIT,
+            note=(
+                f"{ours_side.cpu:.2f} CPU s (user + system, every thread of the agent; the emulator is "
+                f"another process) for {ours_side.delivered} events, the warm-up round included"
+            ),
+        ),
     ]
 
 
-def _ours(ctx: Context, url: str, n: int) -> Callable[[int], float]:
-    def one_round(number: int) -> float:
-        with open_store(ctx.path(f"drain/ours-{number}.db")) as store:
-            fill(store, n, f"d{number}")
-            delivered, seconds = drain_with_worker(store, url)
-        if delivered != n:
-            raise RuntimeError(f"the worker delivered {delivered} of {n} events")
-        return rate(delivered, seconds)
+class _Ours:
+    """Our drain rounds; `cpu` and `delivered` add up this process's CPU seconds and events over them."""
 
-    return one_round
+    def __init__(self, ctx: Context, url: str, n: int) -> None:
+        self.ctx, self.url, self.n = ctx, url, n
+        self.cpu = 0.0
+        self.delivered = 0
+
+    def __call__(self, number: int) -> float:
+        with open_store(self.ctx.path(f"drain/ours-{number}.db")) as store:
+            fill(store, self.n, f"d{number}")
+            before = process_cpu()
+            delivered, seconds = drain_with_worker(store, self.url)
+            self.cpu += process_cpu() - before
+        if delivered != self.n:
+            raise RuntimeError(f"the worker delivered {delivered} of {self.n} events")
+        self.delivered += delivered
+        return rate(delivered, seconds)
 
 
 def _bare(ctx: Context, url: str, n: int) -> Callable[[int], float]:

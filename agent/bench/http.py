@@ -1,27 +1,41 @@
-"""HTTP intake benchmarks: `POST /events/ingest` under load from a separate process (`loadgen`).
+"""HTTP intake benchmarks: `POST /events/ingest` under load from a separate process (wrk, or `loadgen`).
 
-Three servers run side by side in this process, each the real stack (`create_app` + `HttpServer`:
-uvicorn, Starlette, the intake's validation and its worker threads), differing only in the outbox:
+Servers run side by side in this process, each behind the same `HttpServer` (uvicorn, same settings):
 
-- ours: the product `Outbox` (group commit: concurrent requests share one fsync);
-- no-store: validates and answers 200 without storing (what the stack costs without the disk);
-- commit-per-request: each request commits its own transaction, one after another.
+- ours: the product (`create_app` + `Outbox`: validation on the loop, the committer thread's group
+  commit, `synchronous = full`);
+- bare: a bare ASGI app that parses the body and stores nothing (`wrk.bare_app`): the HTTP stack alone;
+- no-store: our app, validating and answering 200 without storing (what the disk costs us);
+- commit-per-request: our app, each request its own transaction, one after another.
 
-Rounds alternate between the three. Then 1000-event requests against ours, reported in events/s.
+Rounds alternate between them. Then 1000-event requests, ours against the bare app, in events/s.
+CPU per event: this process's user + system CPU seconds (every thread: uvicorn, the committer) over
+ours' rounds, per million acknowledged events; the load generator is another process and not counted.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from agent.bench.common import MIN_RATIO, MIN_VALUE, NO_DATA, Context, Row, median, paired_rounds
-from agent.bench.loadgen import run_load
+from starlette.types import ASGIApp
+
+from agent.bench.common import (
+    CPU_UNIT,
+    MIN_RATIO,
+    NO_DATA,
+    REPORT,
+    Context,
+    Row,
+    cpu_per_million,
+    median,
+    paired_rounds,
+    process_cpu,
+)
+from agent.bench.wrk import bare_app, run_http_load
 from agent.config import HttpIntakeSettings
-from agent.errors import EventConflictError
+from agent.errors import EventConflictError, InvalidEventError, OutboxError
 from agent.events import Event
 from agent.intake.http import create_app
 from agent.intake.server import HttpServer
@@ -30,49 +44,90 @@ from agent.outbox import EnqueueResult, Outbox
 CONNECTIONS = 64
 BIG_CONNECTIONS = 8
 BIG_EVENTS = 1000
+Outcomes = list[EnqueueResult | EventConflictError | InvalidEventError | OutboxError]
 
 
 class NoStoreOutbox(Outbox):
-    """An outbox that stores nothing: `enqueue_validated` answers as if every event were new."""
+    """An outbox that stores nothing: every call answers as if every event were new."""
 
-    def enqueue_validated(
-        self, events: Sequence[Event], *, conn: Any = None, source: str | None = None
-    ) -> EnqueueResult:
-        return EnqueueResult(new=[e.event_id for e in events], source=source or self.source)
+    def enqueue_calls(self, calls: Sequence[tuple[Sequence[Event], str]]) -> Outcomes:
+        return [EnqueueResult(new=[e.event_id for e in events], source=source) for events, source in calls]
 
 
 class CommitPerRequestOutbox(Outbox):
     """An outbox without group commit: each call is its own transaction, one after another."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self._one_at_a_time = threading.Lock()
-
-    def enqueue_validated(
-        self, events: Sequence[Event], *, conn: Any = None, source: str | None = None
-    ) -> EnqueueResult:
-        source = source or self.source
-        with self._one_at_a_time:
+    def enqueue_calls(self, calls: Sequence[tuple[Sequence[Event], str]]) -> Outcomes:
+        outcomes: Outcomes = []
+        for events, source in calls:
             [outcome] = self.store.insert_groups([(events, source)], 0)
-        if isinstance(outcome, EventConflictError):
-            raise outcome
-        return EnqueueResult(new=outcome.new, duplicates=outcome.duplicates, source=source)
+            if isinstance(outcome, EventConflictError):
+                outcomes.append(outcome)
+            else:
+                outcomes.append(EnqueueResult(new=outcome.new, duplicates=outcome.duplicates, source=source))
+        return outcomes
+
+
+def _settings() -> HttpIntakeSettings:
+    return HttpIntakeSettings(listen="127.0.0.1:0", max_body_bytes=10_000_000)
 
 
 def _serve(stack: ExitStack, outbox: Outbox) -> str:
-    settings = HttpIntakeSettings(listen="127.0.0.1:0", max_body_bytes=10_000_000)
+    settings = _settings()
     app = create_app(outbox, settings, status=dict, readiness=dict)
     server = stack.enter_context(HttpServer(app, settings.listen))
     stack.callback(outbox.close)  # closed after the server stops (callbacks run in reverse)
     return server.url
 
 
+def _serve_bare(stack: ExitStack) -> str:
+    return stack.enter_context(HttpServer(cast(ASGIApp, bare_app), _settings().listen)).url
+
+
+class _Side:
+    """One server's rounds: the reports, and this process's CPU seconds spent during them."""
+
+    def __init__(self, url: str, connections: int, events: int, duration: float, name: str) -> None:
+        self.url, self.connections, self.events, self.duration, self.name = (
+            url,
+            connections,
+            events,
+            duration,
+            name,
+        )
+        self.reports: list[dict[str, Any]] = []
+        self.cpu = 0.0
+
+    def __call__(self, number: int) -> float:
+        before = process_cpu()
+        report = run_http_load(
+            self.url,
+            connections=self.connections,
+            events=self.events,
+            duration=self.duration,
+            prefix=f"{self.name}{number}",
+        )
+        self.cpu += process_cpu() - before
+        self.reports.append(report)
+        unit = "events" if self.events > 1 else "ok"
+        return float(report[unit]) / float(report["seconds"])
+
+    @property
+    def events_ok(self) -> int:
+        return sum(int(r["events"]) for r in self.reports)
+
+    @property
+    def generator(self) -> str:
+        return self.reports[0].get("generator", "built-in") if self.reports else "built-in"
+
+
 def run(ctx: Context) -> list[Row]:
     duration = ctx.seconds(3.0, 1.2)
-    rounds = ctx.size(5, 2, minimum=1) if ctx.scale >= 0.5 else 1
+    rounds = ctx.size(3, 2, minimum=1) if ctx.scale >= 0.5 else 1
     with ExitStack() as stack:
         urls = {
             "ours": _serve(stack, Outbox(ctx.path("http/ours.db"))),
+            "bare": _serve_bare(stack),
             "no_store": _serve(stack, NoStoreOutbox(ctx.path("http/no-store.db"))),
             "per_request": _serve(stack, CommitPerRequestOutbox(ctx.path("http/per-request.db"))),
         }
@@ -80,49 +135,65 @@ def run(ctx: Context) -> list[Row]:
             f"http: single-event POSTs, {CONNECTIONS} connections, "
             f"{rounds} rounds of {duration:.1f} s per server"
         )
-        reports: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
-
-        def side(name: str) -> Callable[[int], float]:
-            def one_round(number: int) -> float:
-                report = run_load(
-                    urls[name], connections=CONNECTIONS, events=1, duration=duration, prefix=f"{name}{number}"
-                )
-                reports[name].append(report)
-                return float(report["ok"]) / float(report["seconds"])
-
-            return one_round
-
-        figures = paired_rounds({name: side(name) for name in urls}, rounds, warmup=0)
+        single = {name: _Side(url, CONNECTIONS, 1, duration, name) for name, url in urls.items()}
+        figures = paired_rounds(dict(single), rounds, warmup=0)
         ctx.progress(f"http: {BIG_EVENTS}-event POSTs, {BIG_CONNECTIONS} connections, {duration:.1f} s")
-        big = run_load(
-            urls["ours"],
-            connections=BIG_CONNECTIONS,
-            events=BIG_EVENTS,
-            duration=duration * 1.5,
-            prefix="big",
-        )
-    ours = _succeeded(figures["ours"], reports["ours"])
-    no_store = _succeeded(figures["no_store"], reports["no_store"])
-    per_request = _succeeded(figures["per_request"], reports["per_request"])
-    big_events = float(big["events"]) / float(big["seconds"]) if big["ok"] else None
-    latency = _latency([r for r in reports["ours"] if r["ok"]])
+        big = {
+            name: _Side(urls[name], BIG_CONNECTIONS, BIG_EVENTS, duration, f"big{name}")
+            for name in ("ours", "bare")
+        }
+        big_figures = paired_rounds(dict(big), rounds, warmup=0)
+    generator = single["ours"].generator
+    sides = {name: _succeeded(figures[name], side.reports) for name, side in single.items()}
+    ours, bare = sides["ours"], sides["bare"]
+    big_ours = _succeeded(big_figures["ours"], big["ours"].reports)
+    big_bare = _succeeded(big_figures["bare"], big["bare"].reports)
+    latency, bare_latency = _latency(single["ours"].reports), _latency(single["bare"].reports)
+    big_latency = _latency(big["ours"].reports)
     return [
         Row(
-            "http.single.no_store",
-            f"HTTP 1-event POSTs, {CONNECTIONS} connections",
+            "http.single.bare",
+            f"HTTP 1-event POSTs, {CONNECTIONS} connections ({generator})",
             ours,
             "requests/s",
-            "same stack, not storing",
-            no_store,
+            "bare ASGI app, same server, not storing",
+            bare,
             MIN_RATIO,
             0.5,
             note=_note(
-                {"ours": reports["ours"], "the baseline": reports["no_store"]},
-                f"ours: p50 {latency[0]:.1f} ms, p99 {latency[1]:.1f} ms per request",
+                {"ours": single["ours"].reports, "the baseline": single["bare"].reports},
+                f"ours: p50 {latency[0]:.1f} ms, p99 {latency[1]:.1f} ms per request; "
+                f"bare: p50 {bare_latency[0]:.1f} ms, p99 {bare_latency[1]:.1f} ms",
             ),
+            rounds={"ours": figures["ours"], "baseline": figures["bare"]},
+            extra={"statuses": [r["statuses"] for r in single["ours"].reports], "generator": generator},
+            missing=_missing(ours, bare),
+        ),
+        Row(
+            "http.single.p99",
+            "  p99 latency of a 200",
+            latency[1] if ours else None,
+            "ms",
+            "bare ASGI app's p99",
+            bare_latency[1] if bare else None,
+            REPORT,
+            note=_note(
+                {"ours": single["ours"].reports, "the baseline": single["bare"].reports},
+                "from each request's send to its answer; no coordinated-omission correction",
+            ),
+            missing=_missing(ours, bare),
+        ),
+        Row(
+            "http.single.no_store",
+            "  same, vs our app not storing",
+            ours,
+            "requests/s",
+            "same stack, not storing",
+            sides["no_store"],
+            REPORT,
+            note=_note({"the baseline": single["no_store"].reports}, "what storing costs on our stack"),
             rounds={"ours": figures["ours"], "baseline": figures["no_store"]},
-            extra={"statuses": [r["statuses"] for r in reports["ours"]]},
-            missing=_missing(ours, no_store),
+            missing=_missing(ours, sides["no_store"]),
         ),
         Row(
             "http.single.per_request",
@@ -130,28 +201,53 @@ def run(ctx: Context) -> list[Row]:
             ours,
             "requests/s",
             "same stack, 1 commit/request",
-            per_request,
+            sides["per_request"],
             MIN_RATIO,
             3.0,
-            note=_note({"ours": reports["ours"], "the baseline": reports["per_request"]}, ""),
+            note=_note({"ours": single["ours"].reports, "the baseline": single["per_request"].reports}, ""),
             rounds={"ours": figures["ours"], "baseline": figures["per_request"]},
-            missing=_missing(ours, per_request),
+            missing=_missing(ours, sides["per_request"]),
         ),
         Row(
             "http.batch",
-            f"HTTP {BIG_EVENTS}-event POSTs, {BIG_CONNECTIONS} connections",
-            big_events,
+            f"HTTP {BIG_EVENTS}-event POSTs, {BIG_CONNECTIONS} connections ({generator})",
+            big_ours,
             "events/s",
-            target_kind=MIN_VALUE,
-            target=50_000.0,
+            "bare ASGI app, same server, not storing",
+            big_bare,
+            MIN_RATIO,
+            0.5,
             note=_note(
-                {"ours": [big]},
-                f"p50 {big['latency_ms']['p50']:.0f} ms, p99 {big['latency_ms']['p99']:.0f} ms per request",
+                {"ours": big["ours"].reports, "the baseline": big["bare"].reports},
+                f"ours: p50 {big_latency[0]:.0f} ms, p99 {big_latency[1]:.0f} ms per request",
             ),
-            extra={"statuses": big["statuses"], "errors": big["errors"]},
-            missing=_missing(big_events),
+            rounds={"ours": big_figures["ours"], "baseline": big_figures["bare"]},
+            extra={"statuses": [r["statuses"] for r in big["ours"].reports], "generator": generator},
+            missing=_missing(big_ours, big_bare),
         ),
+        _cpu_row("cpu.http.single", "CPU, HTTP 1-event POSTs", single["ours"], single["bare"]),
+        _cpu_row("cpu.http.batch", f"CPU, HTTP {BIG_EVENTS}-event POSTs", big["ours"], big["bare"]),
     ]
+
+
+def _cpu_row(name: str, path: str, side: _Side, bare: _Side) -> Row:
+    """CPU seconds per million acknowledged events, ours beside the bare app's (lower is better)."""
+    figure = cpu_per_million(side.cpu, side.events_ok)
+    baseline = cpu_per_million(bare.cpu, bare.events_ok)
+    return Row(
+        name,
+        path,
+        figure,
+        CPU_UNIT,
+        "bare ASGI app (parses, stores nothing)",
+        baseline,
+        note=_note(
+            {"ours": side.reports, "the baseline": bare.reports},
+            f"{side.cpu:.2f} CPU s (user + system, every thread of the agent's process) for "
+            f"{side.events_ok} events; lower is better",
+        ),
+        missing=_missing(figure, baseline),
+    )
 
 
 def _succeeded(figures: list[float], reports: list[dict[str, Any]]) -> float | None:
