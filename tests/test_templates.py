@@ -43,6 +43,7 @@ from agent.templates import (
     timed,
     track_llm,
 )
+from tests.waiting import wait_until
 
 # Response bodies as the providers return them (trimmed to what matters).
 OPENAI = {
@@ -409,6 +410,8 @@ def test_asgi_middleware_in_a_real_server(outbox: Outbox) -> None:
         assert client.get("/api/items").status_code == 200  # no customer: not recorded
         assert client.get("/health", headers={"x-customer": "cus_1"}).status_code == 200  # not included
         assert client.get("/api/boom", headers={"x-customer": "cus_1"}).status_code == 500
+        # The middleware records after the response is sent: wait for all five outcomes.
+        wait_until(lambda: sum(meter.counts.values()) == 5, what="the five requests to be recorded")
     stored = rows(outbox)
     assert len(stored) == 3
     first = stored[0]
@@ -432,11 +435,15 @@ def test_asgi_rate_cap_and_a_failing_outbox_never_break_requests(outbox: Outbox)
     with serve_asgi(AsgiUsageMiddleware(starlette_app(), meter)) as url, httpx.Client(base_url=url) as client:
         for _ in range(4):
             assert client.get("/api/items", headers={"x-customer": "cus_1"}).status_code == 200
+        # The middleware records after the response is sent: wait for each outcome before checking it.
+        wait_until(lambda: sum(meter.counts.values()) == 4, what="the four requests to be recorded")
         assert meter.counts["recorded"] == 2 and meter.counts["rate_limited"] == 2
         client.get("/api/items", headers={"x-customer": "cus_2"})  # evicts cus_1's bucket (bounded)
+        wait_until(lambda: sum(meter.counts.values()) == 5, what="cus_2's request to be recorded")
         assert len(meter._buckets) == 1
         outbox.close()
         assert client.get("/api/items", headers={"x-customer": "cus_3"}).status_code == 200
+        wait_until(lambda: meter.counts.get("failed", 0) >= 1, what="the failed record to be counted")
     assert meter.counts["failed"] == 1
 
 
