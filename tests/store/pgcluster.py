@@ -27,6 +27,9 @@ def _bindir() -> Path:
         if (bindir / "initdb").exists():
             return bindir
     initdb = shutil.which("initdb")
+    if initdb is None:  # Debian keeps it in /usr/lib/postgresql/<major>/bin; take the newest
+        found_dirs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+        initdb = str(found_dirs[-1]) if found_dirs else None
     if initdb is None:
         raise Unavailable(
             "PostgreSQL is not installed (no pg_config --bindir with initdb, no initdb on PATH)"
