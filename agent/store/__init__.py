@@ -16,6 +16,7 @@ from pathlib import Path
 
 from agent.errors import ConfigError
 from agent.store.base import OutboxStore
+from agent.store.location import is_postgres_url, mask_url
 from agent.store.records import (
     Claimed,
     DeadFilter,
@@ -63,11 +64,6 @@ def open_store(location: str | Path, options: StoreOptions | None = None) -> Out
     return SqliteStore(location, options)
 
 
-def is_postgres_url(location: str | Path) -> bool:
-    """Whether `location` names a PostgreSQL outbox (a `postgresql://` or `postgres://` URL)."""
-    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
-
-
 def check_outbox(location: Path, *, full: bool = True, limit: int = 20) -> Health:
     """The integrity of the outbox at `location`, read without writing it (`dodo-outbox doctor`)."""
     return _damage.check(location, full=full, limit=limit)
@@ -108,6 +104,7 @@ __all__ = [
     "WindowRates",
     "check_outbox",
     "is_postgres_url",
+    "mask_url",
     "open_store",
     "quarantine",
     "salvage",

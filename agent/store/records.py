@@ -37,7 +37,7 @@ class StoreOptions:
     synchronous: str = "full"
     busy_timeout_ms: int = 10_000
     check_integrity: bool = False
-    schema: str = "dodo_outbox"
+    schema: str = "dodo_outbox"  # agent.store.location.DEFAULT_SCHEMA
     """PostgreSQL only: the schema holding the outbox tables (`[outbox] schema`)."""
 
 

@@ -168,3 +168,51 @@ def test_without_the_extra_sqlite_works_and_postgres_names_the_extra(
         assert not isinstance(result, Exception) and result.new == ["a"]
     with pytest.raises(ConfigError, match=r"pip install 'dodo-outbox\[postgres\]'"):
         open_store("postgresql://app@127.0.0.1/db")
+
+
+def test_the_library_enqueues_inside_the_callers_psycopg_transaction(postgres_url: str, schema: str) -> None:
+    from agent.outbox import Outbox
+
+    with Outbox(postgres_url, schema=schema) as outbox, psycopg.connect(postgres_url) as app:
+        app.execute("CREATE TEMP TABLE orders (id int)")
+        app.commit()
+        app.execute("INSERT INTO orders VALUES (1)")
+        outbox.enqueue({"event_id": "gone", "customer_id": "c", "event_name": "api.call"}, conn=app)
+        app.rollback()
+        assert outbox.store.get("gone") is None
+        app.execute("INSERT INTO orders VALUES (2)")
+        result = outbox.enqueue_many(
+            [{"event_id": f"k{i}", "customer_id": "c", "event_name": "api.call"} for i in range(3)], conn=app
+        )
+        assert result.new == ["k0", "k1", "k2"]
+        assert outbox.store.get("k0") is None  # not committed yet: enqueue never commits the caller's work
+        app.commit()
+        assert outbox.store.counts()["pending"] == 3
+        plain = outbox.enqueue({"event_id": "own", "customer_id": "c", "event_name": "api.call"})
+        assert plain.new == ["own"] and outbox.store.backlog() == 4
+
+
+def test_config_url_opens_postgres_and_path_with_url_is_refused(
+    postgres_url: str, schema: str, tmp_path: Path
+) -> None:
+    from agent import config
+    from agent.outbox import Outbox
+
+    environ = {"DODO_OUTBOX_OUTBOX_URL": postgres_url, "DODO_OUTBOX_OUTBOX_SCHEMA": schema}
+    settings = config.load(None, environ)
+    assert settings.outbox.url == postgres_url
+    with pytest.raises(ConfigError, match=r"library only"):
+        _ = settings.outbox_path  # the agent and the CLI refuse instead of writing to an SQLite file
+    file = tmp_path / "agent.toml"
+    file.write_text(f'[outbox]\nurl = "{postgres_url}"\nschema = "{schema}"\n')
+    with Outbox.open(config=file) as outbox:
+        outbox.enqueue({"event_id": "cfg", "customer_id": "c", "event_name": "api.call"})
+    with open_store(postgres_url, StoreOptions(schema=schema)) as store:
+        assert store.get("cfg") is not None
+    both = {**environ, "DODO_OUTBOX_OUTBOX_PATH": str(tmp_path / "o.db")}
+    with pytest.raises(ConfigError, match=r"\[outbox\] path and \[outbox\] url are both set"):
+        config.load(None, both)
+    with pytest.raises(ConfigError, match=r"not a postgresql:// URL"):
+        config.load(None, {"DODO_OUTBOX_OUTBOX_URL": "mysql://u:pw@h/db"})
+    masked = config.describe(config.load(None, {"DODO_OUTBOX_OUTBOX_URL": "postgresql://u:pw9@h/db"}))
+    assert masked["outbox"]["url"] == "postgresql://u:***@h/db" and "pw9" not in str(masked)

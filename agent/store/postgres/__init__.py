@@ -24,8 +24,9 @@ from typing import Any
 from agent.errors import EventConflictError
 from agent.events import Event
 from agent.store.base import CHUNK_ROWS, REPLAY_CHUNK, VACUUM_PAGES
+from agent.store.location import mask_url
 from agent.store.postgres import dlq, insert, maintenance, queue, reads, schema, stats
-from agent.store.postgres.connection import PgBase, mask_url
+from agent.store.postgres.connection import PgBase
 from agent.store.records import (
     Claimed,
     DeadFilter,

@@ -7,44 +7,18 @@ for a full disk), and every message names the outbox by its URL with the passwor
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
 import psycopg_pool
 
-from agent.errors import ConfigError, OutboxClosedError, OutboxError, OutboxFullError
+from agent.errors import OutboxClosedError, OutboxError, OutboxFullError
+from agent.store.location import check_schema_name, mask_url
 from agent.store.records import StoreOptions
-
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-def mask_url(url: str) -> str:
-    """`url` with its password (if any) replaced by `***`: safe for messages, reprs and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "postgresql://***"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def check_schema_name(schema: str) -> str:
-    """The schema name, checked: lower-case letters, digits and underscores (it is spliced into SQL)."""
-    if not _SCHEMA_NAME.match(schema):
-        raise ConfigError(
-            f"outbox.schema = {schema!r} is not a valid schema name; use lower-case letters, digits and "
-            "underscores, starting with a letter or underscore (at most 63 characters)"
-        )
-    return schema
 
 
 class PgBase:
