@@ -33,9 +33,18 @@ from agent.errors import ConfigError
 from agent.store.location import check_schema_name, is_postgres_url, mask_url
 
 ENV_PREFIX = "DODO_OUTBOX_"
-OTHER_ENV = frozenset({"DODO_OUTBOX_CONFIG", "DODO_OUTBOX_CHAOS", "DODO_OUTBOX_CHAOS_SEED"})
+OTHER_ENV = frozenset(
+    {
+        "DODO_OUTBOX_CONFIG",
+        "DODO_OUTBOX_CHAOS",
+        "DODO_OUTBOX_CHAOS_SEED",
+        "DODO_OUTBOX_TEST_POSTGRES_URL",
+        "DODO_OUTBOX_REQUIRE_POSTGRES",
+    }
+)
 """`DODO_OUTBOX_*` variables that are not settings overrides: the config file path and the test
-suite's chaos-run knobs (tests/reliability/test_chaos.py). Any other unknown one gets a warning."""
+suite's knobs (tests/reliability/test_chaos.py; the PostgreSQL server of tests/store/pgcluster.py).
+Any other unknown one gets a warning."""
 
 
 def _coerce(where: str, value: Any, f: dataclasses.Field[Any], from_env: bool) -> Any:

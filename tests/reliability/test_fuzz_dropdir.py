@@ -89,9 +89,7 @@ def _not_blank(raw: bytes) -> bool:
     byte-order mark: a file that starts with one is refused whole as UTF-16/32, or the mark dropped."""
     boms = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
     return (
-        b"\n" not in raw
-        and not raw.startswith(boms)
-        and raw.decode("utf-8", "surrogateescape").strip() != ""
+        b"\n" not in raw and not raw.startswith(boms) and raw.decode("utf-8", "surrogateescape").strip() != ""
     )
 
 

@@ -216,3 +216,10 @@ def test_config_url_opens_postgres_and_path_with_url_is_refused(
         config.load(None, {"DODO_OUTBOX_OUTBOX_URL": "mysql://u:pw@h/db"})
     masked = config.describe(config.load(None, {"DODO_OUTBOX_OUTBOX_URL": "postgresql://u:pw9@h/db"}))
     assert masked["outbox"]["url"] == "postgresql://u:***@h/db" and "pw9" not in str(masked)
+
+
+def test_the_test_suites_postgres_variables_are_no_unknown_override() -> None:
+    from agent import config
+    from tests.store.pgcluster import REQUIRE_ENV, URL_ENV
+
+    assert config.load(None, {REQUIRE_ENV: "1", URL_ENV: "postgresql://h/db"}).warnings == ()
