@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from agent.errors import Conflict, EventConflictError
+from agent.errors import EventConflictError
 from agent.events import Event
-from agent.repeats import CONFLICT, RETIMED, compare_content
-from agent.store.records import InsertResult, Retimed
-from agent.store.sqlite.insert import _dedupe as dedupe
-from agent.timestamps import payload_timestamp
+from agent.store.records import InsertResult
+from agent.store.sqlite.insert import dedupe, judge_stored
 
 INSERT_SQL = (
     "INSERT INTO {ev} (event_id, event_name, ts, payload, stamped, source, enqueued_at, next_attempt_at) "
@@ -60,33 +58,7 @@ def insert_on(
         event_id: (payload, bool(stamped))
         for event_id, payload, stamped in conn.execute(_STORED_SQL.format(**tables), (others,)).fetchall()
     }
-    new: list[str] = []
-    for index in unique:
-        event = events[index]
-        if event.event_id in inserted:
-            new.append(event.event_id)
-            continue
-        payload, stamped = stored[event.event_id]
-        verdict = compare_content(payload, stamped, event.payload, event.stamped)
-        if verdict == CONFLICT:
-            conflicts.append(Conflict(index, event.event_id))
-            continue
-        result.duplicates.append(event.event_id)
-        if verdict == RETIMED:
-            result.retimed.append(Retimed(index, event.event_id, payload_timestamp(payload), event.timestamp))
-    if conflicts:
-        if len(unique) < len(events):  # the repeats in the call of a refused id are refused with it
-            refused, firsts = {c.event_id for c in conflicts}, set(unique)
-            conflicts += [
-                Conflict(i, e.event_id)
-                for i, e in enumerate(events)
-                if e.event_id in refused and i not in firsts
-            ]
-        conflicts.sort(key=lambda c: c.index)
-        raise EventConflictError([c.event_id for c in conflicts], conflicts)
-    result.new = new
-    result.retimed.sort(key=lambda r: r.index)
-    return result
+    return judge_stored(events, unique, result, conflicts, stored, inserted)
 
 
 def insert_groups(
