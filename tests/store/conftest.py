@@ -24,6 +24,11 @@ from tests.store.pgcluster import REQUIRE_ENV, URL_ENV, Cluster, Unavailable
 
 BACKENDS = ["sqlite", "postgres"]
 
+try:
+    import psycopg  # noqa: F401
+except ImportError:  # without the postgres extra: the conformance params skip (see postgres_url)
+    collect_ignore = ["test_postgres.py"]
+
 StoreFactory = Callable[[], OutboxStore]
 """Opens (again) the one outbox of the test; every store it opened is closed after the test."""
 
