@@ -11,16 +11,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.errors import EventConflictError, InvalidEventError, OutboxError, OutboxFullError, Problem
 from agent.events import MAX_EVENT_AGE_SECONDS, Event, check_event, validate_many
 from agent.groupcommit import GroupCommit
 from agent.store import InsertResult, OutboxStore, Retimed, StoreOptions, open_store
 from agent.timestamps import to_us
-
-if TYPE_CHECKING:
-    import sqlite3
 
 Listener = Callable[["EnqueueResult"], None]
 Checker = Callable[[Sequence[Event]], Sequence[Problem]]
@@ -80,8 +77,10 @@ class Outbox:
         store: OutboxStore | None = None,
         checker: Checker | None = None,
         max_event_age: float = MAX_EVENT_AGE_SECONDS,
+        schema: str = "dodo_outbox",
     ) -> None:
-        self.store = store or open_store(path, StoreOptions(synchronous=synchronous))
+        # `path`: an SQLite file, or a postgresql:// URL (the `postgres` extra) with its `schema`.
+        self.store = store or open_store(path, StoreOptions(synchronous=synchronous, schema=schema))
         self.path = self.store.path
         self.max_events = max_events
         self.max_bytes = max_bytes
@@ -100,7 +99,8 @@ class Outbox:
     def open(
         cls, path: str | Path | None = None, *, config: str | Path | None = None, **kwargs: Any
     ) -> Outbox:
-        """Open the outbox named by `path`, or by the config file (`--config` / DODO_OUTBOX_CONFIG)."""
+        """Open the outbox named by `path`, or by the config file (`--config` / DODO_OUTBOX_CONFIG):
+        its `[outbox] url` (PostgreSQL, in `[outbox] schema`) when set, else its `[outbox] path`."""
         from agent import config as config_module
 
         settings = config_module.load(config)
@@ -108,7 +108,8 @@ class Outbox:
         kwargs.setdefault("max_events", settings.outbox.max_events)
         kwargs.setdefault("max_bytes", settings.outbox.max_bytes)
         kwargs.setdefault("max_event_age", settings.intake.max_event_age)
-        return cls(path or settings.outbox_path, **kwargs)
+        kwargs.setdefault("schema", settings.outbox.schema)
+        return cls(path or settings.outbox.url or settings.outbox_path, **kwargs)
 
     def __enter__(self) -> Outbox:
         return self
@@ -136,12 +137,14 @@ class Outbox:
         return validate_many(list(events), self._clock(), path, self.max_event_age)
 
     def enqueue(
-        self, event: Mapping[str, Any], *, conn: sqlite3.Connection | None = None, source: str | None = None
+        self, event: Mapping[str, Any], *, conn: Any = None, source: str | None = None
     ) -> EnqueueResult:
         """Validate and durably store one event; return once it is on disk.
 
         With `conn`, the event is written on that connection inside its open transaction instead (the
-        transactional outbox: it commits or rolls back with the caller's own change).
+        transactional outbox: it commits or rolls back with the caller's own change): an sqlite3
+        connection to the outbox's SQLite file, or a psycopg 3 connection to a PostgreSQL outbox's
+        database. Never commits or rolls back `conn`.
         Raises InvalidEventError, EventConflictError, OutboxFullError.
         """
         # The same as enqueue_many([event], path="event"), without its list and loop: this is the
@@ -155,7 +158,7 @@ class Outbox:
         self,
         events: Iterable[Mapping[str, Any]],
         *,
-        conn: sqlite3.Connection | None = None,
+        conn: Any = None,
         source: str | None = None,
         path: str = "events",
     ) -> EnqueueResult:
@@ -168,7 +171,7 @@ class Outbox:
         return self.enqueue_validated(validated, conn=conn, source=source)
 
     def enqueue_validated(
-        self, events: Sequence[Event], *, conn: sqlite3.Connection | None = None, source: str | None = None
+        self, events: Sequence[Event], *, conn: Any = None, source: str | None = None
     ) -> EnqueueResult:
         """Store events that were validated already (intake paths validate first to report problems)."""
         source = source or self.source

@@ -30,11 +30,21 @@ from agent.config.settings import (
 )
 from agent.durations import parse_duration
 from agent.errors import ConfigError
+from agent.store.location import check_schema_name, is_postgres_url, mask_url
 
 ENV_PREFIX = "DODO_OUTBOX_"
-OTHER_ENV = frozenset({"DODO_OUTBOX_CONFIG", "DODO_OUTBOX_CHAOS", "DODO_OUTBOX_CHAOS_SEED"})
+OTHER_ENV = frozenset(
+    {
+        "DODO_OUTBOX_CONFIG",
+        "DODO_OUTBOX_CHAOS",
+        "DODO_OUTBOX_CHAOS_SEED",
+        "DODO_OUTBOX_TEST_POSTGRES_URL",
+        "DODO_OUTBOX_REQUIRE_POSTGRES",
+    }
+)
 """`DODO_OUTBOX_*` variables that are not settings overrides: the config file path and the test
-suite's chaos-run knobs (tests/reliability/test_chaos.py). Any other unknown one gets a warning."""
+suite's knobs (tests/reliability/test_chaos.py; the PostgreSQL server of tests/store/pgcluster.py).
+Any other unknown one gets a warning."""
 
 
 def _coerce(where: str, value: Any, f: dataclasses.Field[Any], from_env: bool) -> Any:
@@ -156,11 +166,28 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
         source=str(chosen) if chosen else "defaults",
         warnings=unknown_environment(environ),
     )
+    _check_outbox(settings)
     if settings.delivery.backoff_initial_seconds > settings.delivery.backoff_max_seconds:
         raise ConfigError(
             "[delivery] backoff_initial_seconds is larger than backoff_max_seconds; make it smaller"
         )
     return settings
+
+
+def _check_outbox(settings: Settings) -> None:
+    """`[outbox] url` and `path` name two different outboxes: exactly one may be set."""
+    outbox = settings.outbox
+    if outbox.url and outbox.path:
+        raise ConfigError(
+            "[outbox] path and [outbox] url are both set (path names an SQLite file, url a PostgreSQL "
+            "database; environment DODO_OUTBOX_OUTBOX_PATH / DODO_OUTBOX_OUTBOX_URL); set only one"
+        )
+    if outbox.url and not is_postgres_url(outbox.url):
+        raise ConfigError(
+            f"[outbox] url = {mask_url(outbox.url)!r} is not a postgresql:// URL; "
+            "e.g. postgresql://user@host:5432/db (an SQLite file goes in [outbox] path)"
+        )
+    check_schema_name(outbox.schema)
 
 
 def environment_names() -> set[str]:

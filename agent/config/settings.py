@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.errors import ConfigError
+from agent.store.location import mask_url
+
 ENVIRONMENTS = {"test_mode": "https://test.dodopayments.com", "live_mode": "https://live.dodopayments.com"}
 
 
@@ -46,6 +49,9 @@ class DodoSettings:
 @dataclass(frozen=True)
 class OutboxSettings:
     path: str = _opt("")
+    url: str = _opt("")
+    """A postgresql:// URL: the outbox on PostgreSQL instead of the SQLite file `path`."""
+    schema: str = _opt("dodo_outbox")
     synchronous: str = _opt("full", choices=("full", "normal"))
     max_events: int = _opt(1_000_000, low=1)
     max_bytes: int = _opt(0, low=0)
@@ -141,7 +147,16 @@ class Settings:
 
     @property
     def outbox_path(self) -> Path:
-        """The outbox file; under systemd's $STATE_DIRECTORY when no path is set."""
+        """The outbox file; under systemd's $STATE_DIRECTORY when no path is set.
+
+        Raises ConfigError when `[outbox] url` is set: only the library opens a PostgreSQL outbox
+        in this version (`Outbox.open(config=...)`), the agent and the CLI commands do not yet.
+        """
+        if self.outbox.url:
+            raise ConfigError(
+                "[outbox] url (a PostgreSQL outbox) is supported by the library only in this version "
+                "(Outbox.open(config=...)); the agent and the CLI commands need [outbox] path for now"
+            )
         return Path(self.outbox.path) if self.outbox.path else default_outbox_path(os.environ)
 
 
@@ -172,6 +187,9 @@ def describe(settings: Settings) -> dict[str, dict[str, Any]]:
             value = getattr(section, f.name)
             values[f.name] = "***" if f.metadata.get("secret") and value else value
         out[name] = values
-    out["outbox"]["path"] = str(settings.outbox_path)
+    if settings.outbox.url:
+        out["outbox"]["url"] = mask_url(settings.outbox.url)
+    else:
+        out["outbox"]["path"] = str(settings.outbox_path)
     out["dodo"]["url"] = settings.dodo.url
     return out

@@ -176,6 +176,7 @@ class Settler:
             event_ids=[row.event_id for row in rows[:10]],
             **answer,
         )
+
     def _retry_delay(self, b: Batch, rows: Sequence[Claimed], result: SendResult, now: float) -> float:
         """Jittered backoff, raised to the server's hint, capped by the batch's earliest deadline."""
         s = self.settings

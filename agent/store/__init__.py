@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent.errors import ConfigError
 from agent.store.base import OutboxStore
+from agent.store.location import is_postgres_url, mask_url
 from agent.store.records import (
     Claimed,
     DeadFilter,
@@ -43,11 +45,22 @@ Store = SqliteStore
 
 
 def open_store(location: str | Path, options: StoreOptions | None = None) -> OutboxStore:
-    """Open (creating and migrating as needed) the outbox at `location`: a file path.
+    """Open (creating and migrating as needed) the outbox at `location`: a file path, or a
+    `postgresql://` URL (the `postgres` extra; the schema is `options.schema`).
 
+    Raises ConfigError for a PostgreSQL URL without the `postgres` extra installed.
     Raises OutboxCorruptError for a damaged file, OutboxFullError for a full disk, OutboxError for
     anything else that keeps it from opening.
     """
+    if is_postgres_url(location):
+        try:
+            from agent.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(
+                "a postgresql:// outbox needs psycopg, which is not installed "
+                f"({exc.name or exc}): install the extra with `pip install 'dodo-outbox[postgres]'`"
+            ) from None
+        return PostgresStore(str(location), options)
     return SqliteStore(location, options)
 
 
@@ -90,6 +103,8 @@ __all__ = [
     "StoreOptions",
     "WindowRates",
     "check_outbox",
+    "is_postgres_url",
+    "mask_url",
     "open_store",
     "quarantine",
     "salvage",

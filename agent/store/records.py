@@ -32,11 +32,13 @@ RESPONSE_EXCERPT_CHARS = 2000
 
 @dataclass(frozen=True, slots=True)
 class StoreOptions:
-    """How to open the outbox file."""
+    """How to open the outbox (the SQLite file, or the PostgreSQL schema)."""
 
     synchronous: str = "full"
     busy_timeout_ms: int = 10_000
     check_integrity: bool = False
+    schema: str = "dodo_outbox"  # agent.store.location.DEFAULT_SCHEMA
+    """PostgreSQL only: the schema holding the outbox tables (`[outbox] schema`)."""
 
 
 @dataclass(frozen=True, slots=True)

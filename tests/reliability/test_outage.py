@@ -111,6 +111,9 @@ def test_an_outage_longer_than_the_window_with_restamp_delivers_everything(
     acked = send(agent, batch("early", 30, stamped=False)) | send(
         agent, batch("early-stamped", 10, stamped=True)
     )
+    # Re-armed once they are acknowledged: the outage outlasts the window measured from their enqueue,
+    # however long a loaded machine took to accept them (a slow intake made them young at the end).
+    fake.set_faults(outage_seconds=OUTAGE)
     wait_until(lambda: fake.stats()["requests_by_status"].get("503", 0) >= 2, 60, "Dodo to refuse (outage)")
     acked |= send(agent, batch("mid", 20, stamped=False))
     wait_until(lambda: acked <= set(fake.events), OUTAGE + 60, "every event to be delivered after the outage")
@@ -135,6 +138,9 @@ def test_an_outage_longer_than_the_window_with_dead_letter_parks_then_replay_del
     acked = send(agent, batch("late", 40, stamped=False)) | send(
         agent, batch("late-stamped", 10, stamped=True)
     )
+    # Re-armed once they are acknowledged: the outage outlasts the window measured from their enqueue,
+    # however long a loaded machine took to accept them (a slow intake made them young at the end).
+    fake.set_faults(outage_seconds=OUTAGE)
 
     def all_dead() -> bool:
         return {i for i, r in outbox_rows(tmp_path).items() if r["state"] == "dead"} == acked

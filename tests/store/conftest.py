@@ -9,7 +9,9 @@ tests/store/test_sqlite.py, which does not use these fixtures.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +20,45 @@ from typing import Any
 import pytest
 
 from agent.store import OutboxStore, StoreOptions, open_store
+from tests.store.pgcluster import REQUIRE_ENV, URL_ENV, Cluster, Unavailable
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
+
+try:
+    import psycopg  # noqa: F401
+except ImportError:  # without the postgres extra: the conformance params skip (see postgres_url)
+    collect_ignore = ["test_postgres.py"]
 
 StoreFactory = Callable[[], OutboxStore]
 """Opens (again) the one outbox of the test; every store it opened is closed after the test."""
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for this test process: DODO_OUTBOX_TEST_POSTGRES_URL, or a throwaway
+    cluster (one per xdist worker). Skips where there is none, fails instead under REQUIRE_ENV."""
+    given = os.environ.get(URL_ENV)
+    if given:
+        yield given
+        return
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _unavailable("psycopg is not installed (pip install 'dodo-outbox[postgres]')")
+    try:
+        cluster = Cluster()
+    except Unavailable as exc:
+        _unavailable(str(exc))
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+def _unavailable(reason: str) -> Any:
+    if os.environ.get(REQUIRE_ENV):
+        pytest.fail(f"{REQUIRE_ENV} is set but PostgreSQL tests cannot run: {reason}")
+    pytest.skip(f"no PostgreSQL for the tests: {reason} (or set {URL_ENV})")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -31,19 +67,35 @@ def backend(request: pytest.FixtureRequest) -> str:
     return name
 
 
-def _location(backend: str, tmp_path: Path) -> str | Path:
-    if backend == "sqlite":
-        return tmp_path / "conformance.db"
-    raise AssertionError(f"no location for backend {backend!r}")
+@dataclass
+class Location:
+    where: str | Path
+    options: StoreOptions
 
 
 @pytest.fixture
-def store_factory(backend: str, tmp_path: Path) -> Iterator[StoreFactory]:
-    location = _location(backend, tmp_path)
+def location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Location]:
+    """Where the test's outbox lives: a new SQLite file, or a new schema on the test server."""
+    if backend == "sqlite":
+        yield Location(tmp_path / "conformance.db", StoreOptions())
+        return
+    if backend != "postgres":
+        raise AssertionError(f"no location for backend {backend!r}")
+    url: str = request.getfixturevalue("postgres_url")
+    schema = "t_" + uuid.uuid4().hex[:16]
+    yield Location(url, StoreOptions(schema=schema))
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture
+def store_factory(location: Location) -> Iterator[StoreFactory]:
     opened: list[OutboxStore] = []
 
     def factory() -> OutboxStore:
-        store = open_store(location, StoreOptions())
+        store = open_store(location.where, location.options)
         opened.append(store)
         return store
 
@@ -67,14 +119,21 @@ class CallerTransaction:
 
 
 @pytest.fixture
-def caller_transaction(backend: str, tmp_path: Path) -> Iterator[Callable[[], CallerTransaction]]:
+def caller_transaction(backend: str, location: Location) -> Iterator[Callable[[], CallerTransaction]]:
     """Begins a transaction on a new application connection to the test's outbox."""
-    connections: list[sqlite3.Connection] = []
+    connections: list[Any] = []
 
     def begin() -> CallerTransaction:
+        if backend == "postgres":
+            import psycopg
+
+            pg = psycopg.connect(str(location.where))
+            connections.append(pg)
+            pg.execute("SELECT 1")  # the transaction is open from here
+            return CallerTransaction(pg, pg.commit, pg.rollback)
         if backend != "sqlite":
             raise AssertionError(f"no application connection for backend {backend!r}")
-        conn = sqlite3.connect(_location(backend, tmp_path), isolation_level=None, timeout=10)
+        conn = sqlite3.connect(location.where, isolation_level=None, timeout=10)
         connections.append(conn)
         conn.execute("BEGIN IMMEDIATE")
 

@@ -11,7 +11,7 @@ or the application's (the transactional outbox, `insert_in_transaction`).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 
 from agent.errors import Conflict, EventConflictError
 from agent.events import Event
@@ -60,7 +60,7 @@ def _insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -
         start += size
 
 
-def _dedupe(events: Sequence[Event]) -> tuple[list[int], InsertResult, list[Conflict]]:
+def dedupe(events: Sequence[Event]) -> tuple[list[int], InsertResult, list[Conflict]]:
     """Settle repeats inside one call. Returns the positions of the events to insert (first of each id),
     the in-call duplicates (same content, or only the timestamp differs), and the conflicts: when two
     events of the call share an event_id with other content, every event with that id is refused.
@@ -111,7 +111,7 @@ def insert_on(conn: sqlite3.Connection, events: Sequence[Event], source: str, no
         before = conn.total_changes
         conn.execute(INSERT_HEAD + INSERT_ROW + _ON_CONFLICT, rows_of(events, source, now_us)[0])
     else:
-        unique, result, conflicts = _dedupe(events)
+        unique, result, conflicts = dedupe(events)
         if conflicts:
             raise EventConflictError([c.event_id for c in conflicts], conflicts)
         before = conn.total_changes
@@ -146,17 +146,33 @@ def insert_on(conn: sqlite3.Connection, events: Sequence[Event], source: str, no
             chunk,
         ):
             stored[event_id] = (row_id, payload, stamped)
+    stored_ids = {event_id: (payload, bool(stamped)) for event_id, (_, payload, stamped) in stored.items()}
+    new_ids = {event_id for event_id, (row_id, _, _) in stored.items() if row_id >= first_new_id}
+    return judge_stored(events, unique, result, conflicts, stored_ids, new_ids)
+
+
+def judge_stored(
+    events: Sequence[Event],
+    unique: Sequence[int],
+    result: InsertResult,
+    conflicts: list[Conflict],
+    stored: Mapping[str, tuple[str, bool]],
+    new_ids: Set[str],
+) -> InsertResult:
+    """After an insert that did not store every event: the events in `new_ids` are new, each other
+    one is judged against its stored row (`stored`: payload, and whether the agent set its timestamp).
+    Raises EventConflictError for every refused event (both backends share these rules)."""
     # An in-call repeat was judged against the first event of its id in the call, and that one is
     # judged here against the stored event: a conflict between the repeat and the stored event cannot
     # slip through (equal but for the timestamp is transitive).
     new: list[str] = []
     for index in unique:
         event = events[index]
-        row_id, payload, stamped = stored[event.event_id]
-        if row_id >= first_new_id:
+        if event.event_id in new_ids:
             new.append(event.event_id)
             continue
-        verdict = compare_content(payload, bool(stamped), event.payload, event.stamped)
+        payload, stamped = stored[event.event_id]
+        verdict = compare_content(payload, stamped, event.payload, event.stamped)
         if verdict == CONFLICT:
             conflicts.append(Conflict(index, event.event_id))
             continue

@@ -1,0 +1,125 @@
+"""The PostgreSQL connection: a psycopg_pool pool, the transaction helpers, errors as ours.
+
+psycopg is imported here only (and lazily by `agent.store.open_store`), so the SQLite default runs
+without the `postgres` extra. Every psycopg error leaving a helper becomes OutboxError (OutboxFullError
+for a full disk), and every message names the outbox by its URL with the password masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Self
+
+import psycopg
+import psycopg.errors
+import psycopg_pool
+
+from agent.errors import OutboxClosedError, OutboxError, OutboxFullError
+from agent.store.location import check_schema_name, mask_url
+from agent.store.records import StoreOptions
+
+
+class PgBase:
+    """A small pool of connections to one PostgreSQL outbox, shared by the threads of one process."""
+
+    def __init__(self, url: str, options: StoreOptions | None = None) -> None:
+        self.options = options or StoreOptions()
+        self.url = url
+        self.shown = mask_url(url)
+        self.schema = check_schema_name(self.options.schema)
+        s = self.schema
+        self.t = {
+            "ev": f"{s}.dodo_outbox_events",
+            "rq": f"{s}.dodo_outbox_requests",
+            "kv": f"{s}.dodo_outbox_kv",
+            "mt": f"{s}.dodo_outbox_meters",
+        }
+        timeout = max(self.options.busy_timeout_ms, 1000) / 1000
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        try:
+            self._pool = psycopg_pool.ConnectionPool(
+                url,
+                min_size=1,
+                max_size=4,
+                timeout=timeout,
+                open=False,
+                kwargs={"autocommit": False, "connect_timeout": max(1, int(timeout))},
+            )
+            self._pool.open(wait=True, timeout=timeout)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            self._close_quietly()
+            raise OutboxError(f"cannot open the outbox {self.shown}: {_detail(exc)}") from None
+        except BaseException:
+            self._close_quietly()
+            raise
+
+    def q(self, sql: str) -> str:
+        """`sql` with {ev}, {rq}, {kv}, {mt} replaced by the schema-qualified table names."""
+        return sql.format(**self.t)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.shown)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.shown!r}, schema={self.schema!r})"
+
+    @property
+    def pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        if self._pool is None:
+            raise OutboxClosedError(f"the outbox {self.shown} is closed")
+        return self._pool
+
+    @property
+    def closed(self) -> bool:
+        return self._pool is None
+
+    def close(self) -> None:
+        self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with suppress(Exception):  # closing never raises to the caller
+                pool.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def write(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction: COMMIT on success, ROLLBACK on any error; psycopg errors become ours."""
+        with self._translated(), self.pool.connection() as conn:
+            yield conn
+
+    read = write
+    """Reads use a transaction too (one snapshot per statement under READ COMMITTED)."""
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.errors.DiskFull as exc:
+            raise OutboxFullError(
+                f"the disk holding the outbox {self.shown} is full; nothing of this write was stored. "
+                "Free space; the agent recovers by itself",
+                retry_after=5.0,
+            ) from exc
+        except psycopg_pool.PoolTimeout as exc:
+            raise OutboxError(f"the outbox {self.shown} is unreachable: {_detail(exc)}") from None
+        except psycopg.Error as exc:
+            raise OutboxError(f"the outbox {self.shown} failed: {_detail(exc)}") from exc
+
+    def translate(self) -> Any:
+        """The error translation alone, for work on a caller's connection."""
+        return self._translated()
+
+
+def _detail(exc: BaseException) -> str:
+    """psycopg's message on one line (its messages carry no password; URLs are never put in them)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

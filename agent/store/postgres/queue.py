@@ -1,0 +1,125 @@
+"""The queue on PostgreSQL: claim with FOR UPDATE SKIP LOCKED, the guarded transitions, backlog.
+
+The claim locks due pending rows in event-time order inside a CTE (so the planner runs the locking
+scan exactly once), keeps the prefix that fits the byte budget (a running sum; the first row always),
+and leases those in the same statement. Concurrent claimers skip each other's locked rows, so two
+agents never hold the same row. Every settle is guarded by `state = 'inflight'` and the lease owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from agent.store.records import RESPONSE_EXCERPT_CHARS, Claimed, State
+
+CLAIM_SQL = (
+    "WITH c AS (SELECT id, ts, octet_length(payload) + 1 AS n FROM {ev} "
+    f"WHERE state = '{State.PENDING}' AND next_attempt_at <= %(now)s ORDER BY ts, id LIMIT %(limit)s "
+    "FOR UPDATE SKIP LOCKED), "
+    "s AS (SELECT id, sum(n) OVER (ORDER BY ts, id) AS run, "
+    "row_number() OVER (ORDER BY ts, id) AS rn FROM c) "
+    f"UPDATE {{ev}} e SET state = '{State.INFLIGHT}', attempts = e.attempts + 1, "
+    "lease_until = %(until)s, lease_owner = %(owner)s FROM s "
+    "WHERE e.id = s.id AND (s.rn = 1 OR s.run <= %(max_bytes)s) "
+    "RETURNING e.id, e.event_id, e.ts, e.payload, e.attempts, e.enqueued_at"
+)
+_GUARD = f" WHERE state = '{State.INFLIGHT}' AND lease_owner = %s AND id = ANY(%s)"
+
+
+def claim(db: Any, *, now_us: int, limit: int, max_bytes: int, lease_us: int, owner: str) -> list[Claimed]:
+    """Lease up to `limit` due pending rows, oldest event time first, within `max_bytes`."""
+    params = {
+        "now": now_us,
+        "limit": limit,
+        "until": now_us + lease_us,
+        "owner": owner,
+        "max_bytes": max_bytes,
+    }
+    with db.write() as conn:
+        rows = conn.execute(db.q(CLAIM_SQL), params).fetchall()
+    rows.sort(key=lambda r: (r[2], r[0]))
+    return [Claimed(int(i), e, int(t), p, int(a), int(q)) for i, e, t, p, a, q in rows]
+
+
+def _settle(db: Any, sql: str, params: Sequence[object], ids: Sequence[int], owner: str) -> int:
+    if not ids:
+        return 0
+    with db.write() as conn:
+        return int(conn.execute(db.q(sql) + _GUARD, (*params, owner, list(ids))).rowcount)
+
+
+def mark_delivered(
+    db: Any, ids: Sequence[int], *, owner: str, now_us: int, restamped: Sequence[int] = ()
+) -> int:
+    return _settle(
+        db,
+        f"UPDATE {{ev}} SET state = '{State.DELIVERED}', settled_at = %s, lease_until = NULL, "
+        "lease_owner = NULL, last_error = NULL, restamped = restamped OR id = ANY(%s)",
+        (now_us, list(restamped)),
+        ids,
+        owner,
+    )
+
+
+def mark_retry(
+    db: Any, ids: Sequence[int], *, owner: str, next_attempt_us: int, error: str, refund: bool = False
+) -> int:
+    return _settle(
+        db,
+        f"UPDATE {{ev}} SET state = '{State.PENDING}', next_attempt_at = %s, lease_until = NULL, "
+        f"lease_owner = NULL, last_error = %s, attempts = attempts - {1 if refund else 0}",
+        (next_attempt_us, error[:RESPONSE_EXCERPT_CHARS]),
+        ids,
+        owner,
+    )
+
+
+def mark_dead(
+    db: Any,
+    ids: Sequence[int],
+    *,
+    owner: str,
+    now_us: int,
+    reason: str,
+    http_status: int | None,
+    response: str,
+) -> int:
+    return _settle(
+        db,
+        f"UPDATE {{ev}} SET state = '{State.DEAD}', settled_at = %s, reason = %s, http_status = %s, "
+        "response = %s, last_error = %s, lease_until = NULL, lease_owner = NULL",
+        (now_us, reason, http_status, response[:RESPONSE_EXCERPT_CHARS], reason),
+        ids,
+        owner,
+    )
+
+
+def release_expired(db: Any, now_us: int) -> int:
+    with db.write() as conn:
+        return int(
+            conn.execute(
+                db.q(
+                    f"UPDATE {{ev}} SET state = '{State.PENDING}', next_attempt_at = 0, lease_until = NULL, "
+                    "lease_owner = NULL, last_error = 'lease expired: the worker stopped mid-send' "
+                    f"WHERE state = '{State.INFLIGHT}' AND lease_until < %s"
+                ),
+                (now_us,),
+            ).rowcount
+        )
+
+
+def backlog(db: Any) -> int:
+    with db.read() as conn:
+        row = conn.execute(
+            db.q(f"SELECT count(*) FROM {{ev}} WHERE state IN ('{State.PENDING}', '{State.INFLIGHT}')")
+        ).fetchone()
+    return int(row[0])
+
+
+def next_due_us(db: Any) -> int | None:
+    with db.read() as conn:
+        row = conn.execute(
+            db.q(f"SELECT min(next_attempt_at) FROM {{ev}} WHERE state = '{State.PENDING}'")
+        ).fetchone()
+    return None if row[0] is None else int(row[0])
