@@ -513,7 +513,8 @@ def test_expired_leases_are_released_and_sent_again(
 def test_a_settle_after_a_lost_lease_is_logged_not_raised(store: Store, fake: EmulatorServer) -> None:
     put(store, [event(i) for i in range(3)])
     fake.set_faults(latency_ms=1500)  # slow's request is in flight long enough to be overtaken
-    slow = make_worker(store, make_settings(fake.url, lease_seconds=1))
+    # One batch per tick: with two, slow's second claim could take back the rows other releases.
+    slow = make_worker(store, make_settings(fake.url, lease_seconds=1, max_in_flight=1))
     other = make_worker(store, make_settings(fake.url))
     results: list[Any] = []
     with capture_logs() as logs:
