@@ -215,6 +215,16 @@ class Stack:
         for command in (["meters", "check"], ["verify"]):
             result = self.dodo_outbox(*command)
             assert result.returncode == 0, f"{command}: {result.stdout}{result.stderr}"
+        # The local preview agrees with what the app billed: images counted and tokens summed per customer.
+        preview = self.dodo_outbox("meters", "preview", "--json")
+        assert preview.returncode == 0, preview.stderr
+        meters = {m["event_name"]: m["customers"] for m in json.loads(preview.stdout)["meters"]}
+        images: Counter[str] = Counter(c for c, _ in self.billed.values())
+        tokens: Counter[str] = Counter()
+        for customer, spent in self.billed.values():
+            tokens[customer] += spent
+        assert {c: v["value"] for c, v in meters["image.generated"].items()} == dict(images)
+        assert {c: v["value"] for c, v in meters["llm.chat_completion"].items()} == dict(tokens)
 
 
 @pytest.fixture

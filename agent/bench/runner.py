@@ -217,21 +217,3 @@ def render_table(document: dict[str, Any], console: Console) -> None:
     for group, error in document.get("failures", {}).items():
         console.print(f"[red]{group}: the benchmark failed, its rows are missing: {escape(error)}[/red]")
 
-
-def markdown_table(document: dict[str, Any]) -> str:
-    """The results as a Markdown table (for the README's Performance section)."""
-    lines = [
-        "| path | ours | baseline | baseline figure | ratio | target | |",
-        "|---|--:|---|--:|--:|--:|---|",
-    ]
-    for row in document["results"]:
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
-        verdict = row["missing"] or {True: "pass", False: "**miss**", None: "report"}[row["passed"]]
-        path = row["path"].strip()
-        if row["path"].startswith("  "):
-            path = "&nbsp;&nbsp;" + path
-        lines.append(
-            f"| {path} | {_figure(row['ours'], row['unit'])} | {row['baseline_name'] or '-'} | "
-            f"{_figure(row['baseline'], row['unit'])} | {ratio} | {row['target_text']} | {verdict} |"
-        )
-    return "\n".join(lines) + "\n"
