@@ -25,7 +25,7 @@ from agent.ops import status as status_module
 from agent.ops.routes import ops_routes
 from agent.outbox import Outbox
 from agent.store import DeadFilter, Store
-from agent.store.sqlite.dlq import restamped_payload
+from agent.store.rules import restamped_payload
 from tests.ops_helpers import NOW, add_dead, add_delivered, add_pending, state_of, us
 
 TOKEN = "ops-token-5678"

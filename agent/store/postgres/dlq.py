@@ -13,8 +13,7 @@ from typing import Any
 from agent.store.base import CHUNK_ROWS, REPLAY_CHUNK
 from agent.store.postgres.maintenance import delete_chunks
 from agent.store.records import DeadFilter, EventRecord, ReplayChunk, State
-from agent.store.sqlite.dlq import restamped_payload
-from agent.store.sqlite.stats import ROW_COLUMNS, record_from_row
+from agent.store.rules import ROW_COLUMNS, record_from_row, restamped_payload
 from agent.timestamps import format_timestamp, from_us
 
 

@@ -1,6 +1,6 @@
 """Enqueue on PostgreSQL: one `INSERT … SELECT … FROM unnest(…) ON CONFLICT DO NOTHING` per call.
 
-The rules are SQLite's (see agent/store/sqlite/insert.py): a repeat with the same content, or with only
+The rules are shared with SQLite (agent/store/rules.py): a repeat with the same content, or with only
 another producer-given timestamp, is a duplicate; anything else is a conflict and the call stores
 nothing. RETURNING names the rows this statement inserted, so the common case (all new) is one round
 trip; only when some event_id was already stored are those rows read back and compared.
@@ -14,7 +14,7 @@ from typing import Any
 from agent.errors import EventConflictError
 from agent.events import Event
 from agent.store.records import InsertResult
-from agent.store.sqlite.insert import dedupe, judge_stored
+from agent.store.rules import dedupe, judge_stored
 
 INSERT_SQL = (
     "INSERT INTO {ev} (event_id, event_name, ts, payload, stamped, source, enqueued_at, next_attempt_at) "

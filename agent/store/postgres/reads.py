@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.store.postgres.stats import KV_UPSERT
 from agent.store.records import KeyStats, MeterRow, NameStats, RangeRow, State
-from agent.store.sqlite.meters import PULLED_AT_KEY
+from agent.store.rules import PULLED_AT_KEY
 
 _RECENT = (
     "WITH recent AS (SELECT event_id, event_name, enqueued_at, payload FROM {ev} "

@@ -7,7 +7,7 @@ from typing import Any
 
 from agent.store.postgres.queue import CLAIM_SQL
 from agent.store.records import EventRecord, State, WindowRates
-from agent.store.sqlite.stats import ROW_COLUMNS, record_from_row
+from agent.store.rules import ROW_COLUMNS, record_from_row
 from agent.timestamps import US, to_us
 
 _US_PER_MINUTE = 60 * US

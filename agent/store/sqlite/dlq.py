@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 
 from agent.store.base import CHUNK_ROWS, REPLAY_CHUNK
 from agent.store.records import DeadFilter, EventRecord, ReplayChunk, State
+from agent.store.rules import ROW_COLUMNS, record_from_row, restamped_payload
 from agent.store.sqlite.connection import StoreBase
 from agent.store.sqlite.retention import delete_chunks
-from agent.store.sqlite.stats import ROW_COLUMNS, record_from_row
-from agent.timestamps import format_timestamp, from_us, strip_timestamp
+from agent.timestamps import format_timestamp, from_us
 
 
 def dead_where(wanted: DeadFilter) -> tuple[str, list[object]]:
@@ -45,12 +45,6 @@ def dead_where(wanted: DeadFilter) -> tuple[str, list[object]]:
         clauses.append("settled_at >= ?")
         params.append(wanted.since_us)
     return " AND ".join(clauses), params
-
-
-def restamped_payload(payload: str, now_us: int) -> str:
-    """`payload` with its timestamp replaced by `now_us` (canonical: the timestamp stays last)."""
-    moment = datetime.fromtimestamp(from_us(now_us), UTC)
-    return strip_timestamp(payload)[:-1] + f',"timestamp":"{format_timestamp(moment)}"}}'
 
 
 def _replay_rows(

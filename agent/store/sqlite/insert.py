@@ -11,14 +11,13 @@ or the application's (the transactional outbox, `insert_in_transaction`).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Sequence
 
 from agent.errors import Conflict, EventConflictError
 from agent.events import Event
-from agent.repeats import CONFLICT, RETIMED, compare_content
-from agent.store.records import InsertResult, Retimed
+from agent.store.records import InsertResult
+from agent.store.rules import dedupe, judge_stored
 from agent.store.sqlite import schema
-from agent.timestamps import payload_timestamp
 
 INSERT_HEAD = (
     "INSERT INTO dodo_outbox_events (event_id, event_name, ts, payload, stamped, source, enqueued_at, "
@@ -58,43 +57,6 @@ def _insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -
         else:
             conn.execute(sql, [value for row in rows[start : start + size] for value in row])
         start += size
-
-
-def dedupe(events: Sequence[Event]) -> tuple[list[int], InsertResult, list[Conflict]]:
-    """Settle repeats inside one call. Returns the positions of the events to insert (first of each id),
-    the in-call duplicates (same content, or only the timestamp differs), and the conflicts: when two
-    events of the call share an event_id with other content, every event with that id is refused.
-    """
-    if len({e.event_id for e in events}) == len(events):  # the common case: no repeats
-        return list(range(len(events))), InsertResult(), []
-    seen: dict[str, int] = {}
-    unique: list[int] = []
-    repeats = InsertResult()
-    clashing: dict[str, int] = {}  # event_id -> position of an event it clashes with
-    for index, event in enumerate(events):
-        first = seen.get(event.event_id)
-        if first is None:
-            seen[event.event_id] = index
-            unique.append(index)
-            continue
-        kept = events[first]
-        verdict = compare_content(kept.payload, kept.stamped, event.payload, event.stamped)
-        if verdict == CONFLICT:
-            clashing.setdefault(event.event_id, index)
-        else:
-            repeats.duplicates.append(event.event_id)
-            if verdict == RETIMED:
-                repeats.retimed.append(
-                    Retimed(index, event.event_id, kept.timestamp, event.timestamp, earlier=first)
-                )
-    if not clashing:
-        return unique, repeats, []
-    conflicts = [
-        Conflict(i, e.event_id, seen[e.event_id] if i != seen[e.event_id] else clashing[e.event_id])
-        for i, e in enumerate(events)
-        if e.event_id in clashing
-    ]
-    return unique, repeats, conflicts
 
 
 def insert_on(conn: sqlite3.Connection, events: Sequence[Event], source: str, now_us: int) -> InsertResult:
@@ -149,49 +111,6 @@ def insert_on(conn: sqlite3.Connection, events: Sequence[Event], source: str, no
     stored_ids = {event_id: (payload, bool(stamped)) for event_id, (_, payload, stamped) in stored.items()}
     new_ids = {event_id for event_id, (row_id, _, _) in stored.items() if row_id >= first_new_id}
     return judge_stored(events, unique, result, conflicts, stored_ids, new_ids)
-
-
-def judge_stored(
-    events: Sequence[Event],
-    unique: Sequence[int],
-    result: InsertResult,
-    conflicts: list[Conflict],
-    stored: Mapping[str, tuple[str, bool]],
-    new_ids: Set[str],
-) -> InsertResult:
-    """After an insert that did not store every event: the events in `new_ids` are new, each other
-    one is judged against its stored row (`stored`: payload, and whether the agent set its timestamp).
-    Raises EventConflictError for every refused event (both backends share these rules)."""
-    # An in-call repeat was judged against the first event of its id in the call, and that one is
-    # judged here against the stored event: a conflict between the repeat and the stored event cannot
-    # slip through (equal but for the timestamp is transitive).
-    new: list[str] = []
-    for index in unique:
-        event = events[index]
-        if event.event_id in new_ids:
-            new.append(event.event_id)
-            continue
-        payload, stamped = stored[event.event_id]
-        verdict = compare_content(payload, stamped, event.payload, event.stamped)
-        if verdict == CONFLICT:
-            conflicts.append(Conflict(index, event.event_id))
-            continue
-        result.duplicates.append(event.event_id)
-        if verdict == RETIMED:
-            result.retimed.append(Retimed(index, event.event_id, payload_timestamp(payload), event.timestamp))
-    if conflicts:
-        if len(unique) < len(events):  # the repeats in the call of a refused id are refused with it
-            refused, firsts = {c.event_id for c in conflicts}, set(unique)
-            conflicts += [
-                Conflict(i, e.event_id)
-                for i, e in enumerate(events)
-                if e.event_id in refused and i not in firsts
-            ]
-        conflicts.sort(key=lambda c: c.index)
-        raise EventConflictError([c.event_id for c in conflicts], conflicts)
-    result.new = new
-    result.retimed.sort(key=lambda r: r.index)
-    return result
 
 
 class NotAllNew(Exception):

@@ -12,9 +12,8 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 
 from agent.store.records import KeyStats, MeterRow, NameStats, State
+from agent.store.rules import PULLED_AT_KEY
 from agent.store.sqlite.connection import StoreBase
-
-PULLED_AT_KEY = "meters_pulled_at"
 
 # The most recent rows first (id order is enqueue order), bounded so a report never scans the file.
 _RECENT = (

@@ -3,67 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from agent.store.records import EventRecord, State, WindowRates
+from agent.store.rules import ROW_COLUMNS, record_from_row
 from agent.store.sqlite.connection import StoreBase
 from agent.store.sqlite.queue import CLAIM_SQL
 from agent.timestamps import US, to_us
 
 _US_PER_MINUTE = 60 * US
-
-ROW_COLUMNS = (
-    "id, event_id, event_name, ts, payload, stamped, source, state, attempts, enqueued_at, "
-    "next_attempt_at, lease_until, settled_at, restamped, reason, http_status, response, last_error, "
-    "original_ts"
-)
-
-
-def record_from_row(row: tuple[Any, ...]) -> EventRecord:
-    """The one place a database row becomes an EventRecord."""
-    (
-        row_id,
-        event_id,
-        event_name,
-        ts,
-        payload,
-        stamped,
-        source,
-        state,
-        attempts,
-        enqueued_at,
-        next_attempt_at,
-        lease_until,
-        settled_at,
-        restamped,
-        reason,
-        http_status,
-        response,
-        last_error,
-        original_ts,
-    ) = row
-    return EventRecord(
-        row_id,
-        event_id,
-        event_name,
-        ts,
-        payload,
-        bool(stamped),
-        source,
-        state,
-        attempts,
-        enqueued_at,
-        next_attempt_at,
-        lease_until,
-        settled_at,
-        bool(restamped),
-        reason,
-        http_status,
-        response,
-        last_error,
-        original_ts,
-    )
-
 
 def counts(db: StoreBase) -> dict[str, int]:
     """Rows per state; every state is present. Each count is served by its partial index."""
