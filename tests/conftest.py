@@ -12,14 +12,16 @@ import importlib.util
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
 from hypothesis import settings
 
+from agent.bench.pgcluster import REQUIRE_ENV, URL_ENV, Cluster, Unavailable
 from agent.delivery.worker import Worker
 from agent.emulator import EmulatorServer
 from agent.outbox import Outbox
@@ -56,6 +58,45 @@ def _logging_as_it_was() -> Iterator[None]:
         if handler not in handlers:
             root.removeHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for this test process: DODO_OUTBOX_TEST_POSTGRES_URL, or a throwaway
+    cluster (one per xdist worker). Skips where there is none, fails instead under REQUIRE_ENV."""
+    given = os.environ.get(URL_ENV)
+    if given:
+        yield given
+        return
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _unavailable("psycopg is not installed (pip install 'dodo-outbox[postgres]')")
+    try:
+        cluster = Cluster()
+    except Unavailable as exc:
+        _unavailable(str(exc))
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+def _unavailable(reason: str) -> Any:
+    if os.environ.get(REQUIRE_ENV):
+        pytest.fail(f"{REQUIRE_ENV} is set but PostgreSQL tests cannot run: {reason}")
+    pytest.skip(f"no PostgreSQL for the tests: {reason} (or set {URL_ENV})")
+
+
+@pytest.fixture
+def pg_schema(postgres_url: str) -> Iterator[str]:
+    """A fresh schema name on the test server, dropped (with everything in it) after the test."""
+    import psycopg
+
+    schema = "t_" + uuid.uuid4().hex[:16]
+    yield schema
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ OTHER_ENV = frozenset(
     }
 )
 """`DODO_OUTBOX_*` variables that are not settings overrides: the config file path and the test
-suite's knobs (tests/reliability/test_chaos.py; the PostgreSQL server of tests/store/pgcluster.py).
+suite's knobs (tests/reliability/test_chaos.py; the PostgreSQL server of agent/bench/pgcluster.py).
 Any other unknown one gets a warning."""
 
 

@@ -9,7 +9,6 @@ tests/store/test_sqlite.py, which does not use these fixtures.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +19,6 @@ from typing import Any
 import pytest
 
 from agent.store import OutboxStore, StoreOptions, open_store
-from tests.store.pgcluster import REQUIRE_ENV, URL_ENV, Cluster, Unavailable
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -31,34 +29,6 @@ except ImportError:  # without the postgres extra: the conformance params skip (
 
 StoreFactory = Callable[[], OutboxStore]
 """Opens (again) the one outbox of the test; every store it opened is closed after the test."""
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A PostgreSQL server for this test process: DODO_OUTBOX_TEST_POSTGRES_URL, or a throwaway
-    cluster (one per xdist worker). Skips where there is none, fails instead under REQUIRE_ENV."""
-    given = os.environ.get(URL_ENV)
-    if given:
-        yield given
-        return
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        _unavailable("psycopg is not installed (pip install 'dodo-outbox[postgres]')")
-    try:
-        cluster = Cluster()
-    except Unavailable as exc:
-        _unavailable(str(exc))
-    try:
-        yield cluster.url
-    finally:
-        cluster.stop()
-
-
-def _unavailable(reason: str) -> Any:
-    if os.environ.get(REQUIRE_ENV):
-        pytest.fail(f"{REQUIRE_ENV} is set but PostgreSQL tests cannot run: {reason}")
-    pytest.skip(f"no PostgreSQL for the tests: {reason} (or set {URL_ENV})")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -220,6 +220,6 @@ def test_config_url_opens_postgres_and_path_with_url_is_refused(
 
 def test_the_test_suites_postgres_variables_are_no_unknown_override() -> None:
     from agent import config
-    from tests.store.pgcluster import REQUIRE_ENV, URL_ENV
+    from agent.bench.pgcluster import REQUIRE_ENV, URL_ENV
 
     assert config.load(None, {REQUIRE_ENV: "1", URL_ENV: "postgresql://h/db"}).warnings == ()

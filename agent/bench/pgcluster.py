@@ -1,5 +1,5 @@
-"""A throwaway PostgreSQL cluster for the tests: `initdb` + `pg_ctl` on a free port, a unix socket in
-a temp dir, stopped at the end of the session. As root, the server runs as `nobody` (PostgreSQL refuses
+"""A throwaway PostgreSQL cluster for the tests and the benchmark: `initdb` + `pg_ctl` on a free port, a
+unix socket in a temp dir, stopped at the end. As root, the server runs as `nobody` (PostgreSQL refuses
 to run as root). `DODO_OUTBOX_TEST_POSTGRES_URL` names an existing server instead."""
 
 from __future__ import annotations
@@ -56,9 +56,35 @@ class Cluster:
         self._run(
             ["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]
         )
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses='' -c fsync=off -c synchronous_commit=off"
-        self._run(["pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "start"])
+        self._opts = (
+            f"-p {self.port} -k {self.root} -c listen_addresses='' -c fsync=off -c synchronous_commit=off"
+        )
+        self.start()
         self.url = f"postgresql://postgres@/postgres?host={self.root}&port={self.port}"
+
+    def start(self) -> None:
+        """Start the server (again), on the same port and socket; waits until it accepts connections."""
+        self._run(
+            ["pg_ctl", "-D", str(self.data), "-o", self._opts, "-l", str(self.root / "log"), "-w", "start"]
+        )
+
+    def restart(self, mode: str = "immediate") -> None:
+        """`pg_ctl restart -m mode`: `immediate` is a crash (no checkpoint; recovery at start)."""
+        self._run(
+            [
+                "pg_ctl",
+                "-D",
+                str(self.data),
+                "-o",
+                self._opts,
+                "-l",
+                str(self.root / "log"),
+                "-m",
+                mode,
+                "-w",
+                "restart",
+            ]
+        )
 
     def _run(self, argv: list[str]) -> None:
         done = subprocess.run(
