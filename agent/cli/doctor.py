@@ -17,6 +17,7 @@ import click
 from agent.cli import common
 from agent.errors import ConfigError
 from agent.store import Health, SalvageReport, StoreOptions, check_outbox, open_store, salvage
+from agent.store.location import Location, show_location
 from agent.timestamps import to_us
 
 
@@ -32,7 +33,11 @@ from agent.timestamps import to_us
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @common.outbox_option
 def doctor(
-    salvage_into: Path | None, quick: bool, as_json: bool, config_path: Path | None, outbox_path: Path | None
+    salvage_into: Path | None,
+    quick: bool,
+    as_json: bool,
+    config_path: Path | None,
+    outbox_path: Location | None,
 ) -> None:
     """Check the outbox file's integrity; with --salvage, copy the rows it can read into another outbox.
 
@@ -46,7 +51,12 @@ def doctor(
       dodo-outbox doctor --outbox outbox.db.corrupt-20260131T120000Z --salvage outbox.db
     """
     settings = common.load_settings(config_path)
-    path = common.resolve_outbox_path(settings, outbox_path)
+    location = common.resolve_location(settings, outbox_path)
+    if isinstance(location, str):
+        raise ConfigError(
+            f"doctor checks an SQLite outbox file; {show_location(location)} is a PostgreSQL outbox"
+        )
+    path = location
     if not path.is_file():
         raise ConfigError(f"no outbox file at {path}; point --outbox (or [outbox] path) at it")
     health = check_outbox(path, full=not quick)

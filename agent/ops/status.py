@@ -46,7 +46,7 @@ def build(store: OutboxStore, now: float | None = None, settings: Settings | Non
     paused = read_pause(store)
     rates = store.window_rates(now_us, tuple(WINDOWS.values()))
     return {
-        "outbox": str(store.path),
+        "outbox": store.location,
         **counts,
         "total": sum(counts.values()),
         "oldest_pending_age_seconds": _age_seconds(now, oldest),
