@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -168,8 +168,17 @@ class AgentProcess:
     Its stderr (the JSON log) is appended to `log_path` across restarts. `url` is the HTTP endpoint.
     """
 
-    def __init__(self, config: Path, log_path: Path, port: int | None, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log_path: Path,
+        port: int | None,
+        env: Mapping[str, str],
+        args: Sequence[str] = (),
+    ) -> None:
         self.config = config
+        self.args = list(args)
+        """More arguments of `run` (e.g. `--dry-run`)."""
         self.log_path = log_path
         self.port = port
         self.env = dict(env)
@@ -193,7 +202,7 @@ class AgentProcess:
         self._log = self.log_path.open("ab")
         mark = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "agent", "run", "--config", str(self.config), *self.args],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
