@@ -86,3 +86,14 @@ def test_an_invalid_event_is_refused_before_any_write(
     assert "events[1].event_name" in str(refused.value)
     tx.commit()
     assert stored(postgres_url, pg_schema) == ([], ["o1"])
+
+
+def test_an_enqueue_alone_is_committed_by_the_apps_commit(
+    kind: str, pg_outbox: Outbox, app_transaction: Begin, postgres_url: str, pg_schema: str
+) -> None:
+    """Nothing else in the transaction: a fresh SQLAlchemy Connection has not begun one yet, and its
+    commit() would have nothing to commit unless the enqueue began it (as SQLAlchemy's autobegin)."""
+    tx = app_transaction(kind)
+    pg_outbox.enqueue(raw_event("alone"), conn=tx.conn)
+    tx.commit()
+    assert stored(postgres_url, pg_schema) == (["alone"], [])
