@@ -24,6 +24,7 @@ from typing import Any
 from agent.errors import EventConflictError
 from agent.events import Event
 from agent.store.base import CHUNK_ROWS, REPLAY_CHUNK, VACUUM_PAGES
+from agent.store.caller import driver_connection
 from agent.store.location import mask_url
 from agent.store.postgres import dlq, insert, maintenance, queue, reads, schema, stats
 from agent.store.postgres.connection import PgBase
@@ -60,7 +61,9 @@ class PostgresStore(PgBase):
 
     def insert_on(self, conn: Any, events: Sequence[Event], source: str, now_us: int) -> InsertResult:
         """The transactional outbox: on the application's own psycopg connection, inside its open
-        transaction. Never commits or rolls back."""
+        transaction (or a SQLAlchemy Connection/Session on it: agent/store/caller.py). Never commits
+        or rolls back."""
+        conn = driver_connection(conn, "psycopg")
         with self.translate():
             return insert.insert_on(conn, self.t, events, source, now_us)
 

@@ -32,6 +32,7 @@ from typing import Any
 from agent.errors import EventConflictError
 from agent.events import Event
 from agent.store.base import CHUNK_ROWS, REPLAY_CHUNK, VACUUM_PAGES
+from agent.store.caller import driver_connection
 from agent.store.records import (
     Claimed,
     DeadFilter,
@@ -54,8 +55,9 @@ class SqliteStore(StoreBase):
 
     def insert_on(self, conn: Any, events: Sequence[Event], source: str, now_us: int) -> InsertResult:
         """The transactional outbox: on the application's own sqlite3 connection, inside its open
-        transaction (creating the outbox tables if that database has none). Never commits."""
-        return insert_in_transaction(conn, events, source, now_us)
+        transaction (creating the outbox tables if that database has none), or a SQLAlchemy
+        Connection/Session on it (agent/store/caller.py). Never commits."""
+        return insert_in_transaction(driver_connection(conn, "sqlite3"), events, source, now_us)
 
     # -- queue.py --------------------------------------------------------------------------
 
