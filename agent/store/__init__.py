@@ -13,6 +13,7 @@ Damaged outbox files are checked, quarantined and salvaged through `check_outbox
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.errors import ConfigError
 from agent.store.base import OutboxStore
@@ -31,6 +32,7 @@ from agent.store.records import (
     Retimed,
     State,
     StoreOptions,
+    VacuumHealth,
     WindowRates,
 )
 from agent.store.sqlite import SqliteStore
@@ -39,6 +41,9 @@ from agent.store.sqlite import salvage as _salvage
 from agent.store.sqlite.damage import Health
 from agent.store.sqlite.salvage import SalvageReport
 from agent.store.sqlite.schema import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from agent.store.postgres.health import Inspection
 
 Store = SqliteStore
 """The SQLite implementation under its historical name (tests build files with it)."""
@@ -53,15 +58,38 @@ def open_store(location: str | Path, options: StoreOptions | None = None) -> Out
     anything else that keeps it from opening.
     """
     if is_postgres_url(location):
-        try:
-            from agent.store.postgres import PostgresStore
-        except ImportError as exc:
-            raise ConfigError(
-                "a postgresql:// outbox needs psycopg, which is not installed "
-                f"({exc.name or exc}): install the extra with `pip install 'dodo-outbox[postgres]'`"
-            ) from None
+        _need_psycopg()
+        from agent.store.postgres import PostgresStore
+
         return PostgresStore(str(location), options)
     return SqliteStore(location, options)
+
+
+def _need_psycopg() -> None:
+    """Raises ConfigError naming the `postgres` extra when psycopg cannot be imported."""
+    try:
+        import agent.store.postgres  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            "a postgresql:// outbox needs psycopg, which is not installed "
+            f"({exc.name or exc}): install the extra with `pip install 'dodo-outbox[postgres]'`"
+        ) from None
+
+
+def inspect_postgres(url: str, options: StoreOptions | None = None) -> Inspection:
+    """What `dodo-outbox doctor` checks on a PostgreSQL outbox, read without migrating or writing.
+
+    Raises ConfigError when the server refuses the login or has no such database, OutboxError when
+    it cannot be reached (see agent/store/postgres/health.py).
+    """
+    _need_psycopg()
+    from agent.store.postgres import health
+    from agent.store.postgres.connection import PgBase
+
+    options = options or StoreOptions()
+    version = health.connect_check(url, timeout=max(options.busy_timeout_ms, 1000) / 1000)
+    with PgBase(url, options) as db:
+        return health.inspect(db, version)
 
 
 def check_outbox(location: Path, *, full: bool = True, limit: int = 20) -> Health:
@@ -101,8 +129,10 @@ __all__ = [
     "State",
     "Store",
     "StoreOptions",
+    "VacuumHealth",
     "WindowRates",
     "check_outbox",
+    "inspect_postgres",
     "is_postgres_url",
     "mask_url",
     "open_store",
