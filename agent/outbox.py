@@ -17,6 +17,7 @@ from agent.errors import EventConflictError, InvalidEventError, OutboxError, Out
 from agent.events import MAX_EVENT_AGE_SECONDS, Event, check_event, validate_many
 from agent.groupcommit import GroupCommit
 from agent.store import InsertResult, OutboxStore, Retimed, StoreOptions, open_store
+from agent.store.location import parse_location
 from agent.timestamps import to_us
 
 Listener = Callable[["EnqueueResult"], None]
@@ -81,7 +82,10 @@ class Outbox:
     ) -> None:
         # `path`: an SQLite file, or a postgresql:// URL (the `postgres` extra) with its `schema`.
         self.store = store or open_store(path, StoreOptions(synchronous=synchronous, schema=schema))
-        self.path = self.store.path
+        self.location = self.store.location
+        """Where the outbox lives, safe to show (a URL's password masked)."""
+        self.path = parse_location(self.location)
+        """The SQLite file (a Path), or the PostgreSQL URL with its password masked (a str)."""
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.max_event_age = max_event_age
@@ -109,7 +113,7 @@ class Outbox:
         kwargs.setdefault("max_bytes", settings.outbox.max_bytes)
         kwargs.setdefault("max_event_age", settings.intake.max_event_age)
         kwargs.setdefault("schema", settings.outbox.schema)
-        return cls(path or settings.outbox.url or settings.outbox_path, **kwargs)
+        return cls(path or settings.outbox_location, **kwargs)
 
     def __enter__(self) -> Outbox:
         return self
@@ -212,14 +216,14 @@ class Outbox:
             self._backlog_checked = now
         if self.max_events is not None and self._backlog + adding > self.max_events:
             raise OutboxFullError(
-                f"the outbox {self.path} holds {self._backlog} undelivered events, at its limit "
+                f"the outbox {self.location} holds {self._backlog} undelivered events, at its limit "
                 f"max_events = {self.max_events}; nothing was stored. Retry later, or raise "
                 "[outbox] max_events if the disk allows",
                 retry_after=5.0,
             )
         if self.max_bytes and self._used_bytes >= self.max_bytes:
             raise OutboxFullError(
-                f"the outbox {self.path} uses {self._used_bytes} bytes, at its limit max_bytes = "
+                f"the outbox {self.location} uses {self._used_bytes} bytes, at its limit max_bytes = "
                 f"{self.max_bytes}; nothing was stored. Retry later (delivered rows are pruned after "
                 "[outbox] delivered_retention_hours), or raise [outbox] max_bytes",
                 retry_after=5.0,

@@ -23,7 +23,8 @@ def check_settings(settings: Settings) -> None:
     http = settings.intake_http
     if http.enabled:
         check_listen(http.listen, http.token)
-    check_location("[outbox] path", settings.outbox_path, directory=False)
+    if not settings.on_postgres:
+        check_location("[outbox] path", settings.outbox_path, directory=False)
     dropdir = settings.intake_dropdir
     if dropdir.enabled:
         root = Path(dropdir.path)

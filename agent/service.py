@@ -38,7 +38,7 @@ from agent.ops.retention import run_retention
 from agent.ops.routes import ops_routes
 from agent.outbox import Outbox
 from agent.preflight import check_settings
-from agent.store import OutboxStore, StoreOptions, open_store, quarantine
+from agent.store import OutboxStore, StoreOptions, open_store, quarantine, show_location
 
 log = logs.get_logger(__name__)
 
@@ -71,13 +71,15 @@ class Agent:
         settings = self.settings
         check_settings(settings)
         # Before the outbox is opened: a second agent must not even run the integrity check (and move
-        # a "damaged" live file aside) under the first one.
-        self._locks.append(outbox_lock(settings.outbox_path).acquire())
+        # a "damaged" live file aside) under the first one. A PostgreSQL outbox takes no lock: any
+        # number of agents drain it together (the claim keeps each row with one of them).
+        if not settings.on_postgres:
+            self._locks.append(outbox_lock(settings.outbox_path).acquire())
         if settings.intake_dropdir.enabled:
             self._locks.append(dropdir_lock(Path(settings.intake_dropdir.path)).acquire())
         self.store = self._open_store()
         self.outbox = Outbox(
-            settings.outbox_path,
+            settings.outbox_location,
             store=self.store,
             max_events=settings.outbox.max_events,
             max_bytes=settings.outbox.max_bytes,
@@ -121,7 +123,7 @@ class Agent:
             version=__version__,
             listen=settings.intake_http.listen if self.http else "off",
             url=listen,
-            outbox=str(settings.outbox_path),
+            outbox=self.store.location,
             dry_run=self.dry_run,
             target=settings.dodo.url,
             environment=settings.dodo.environment if not settings.dodo.base_url else "base_url",
@@ -134,9 +136,14 @@ class Agent:
         """Open the outbox after PRAGMA quick_check. A damaged file is moved aside (with its WAL) to
         `<name>.corrupt-<time>` and a fresh outbox is started, so the agent keeps accepting events
         instead of failing at every restart; the error log says where the file went and how to
-        salvage its rows (`dodo-outbox doctor`). Raises OutboxError when even a fresh file fails."""
+        salvage its rows (`dodo-outbox doctor`). Raises OutboxError when even a fresh file fails.
+        A PostgreSQL outbox is opened (its schema created or migrated) as it is: the server owns its
+        integrity."""
+        outbox = self.settings.outbox
+        if self.settings.on_postgres:
+            return open_store(outbox.url, StoreOptions(schema=outbox.schema))
         path = self.settings.outbox_path
-        options = StoreOptions(synchronous=self.settings.outbox.synchronous, check_integrity=True)
+        options = StoreOptions(synchronous=outbox.synchronous, check_integrity=True)
         try:
             return open_store(path, options)
         except OutboxCorruptError as exc:
@@ -250,16 +257,26 @@ def dry_run_outbox(path: Path) -> Path:
     return path.with_name(f"{path.stem}.dry-run{path.suffix}") if path.name else path / "dry-run.db"
 
 
+def dry_run_schema(schema: str) -> str:
+    """The PostgreSQL schema of a dry run, beside the configured one: `dodo_outbox` → `dodo_outbox_dry_run`
+    (the same reasons as `dry_run_outbox`: no agent draining the configured schema ever sees its events)."""
+    return f"{schema}_dry_run"
+
+
 def dry_run_settings(settings: Settings, url: str) -> Settings:
-    """The settings pointed at a local emulator, the dry-run outbox and, for the same reason, a drop
-    directory of its own (`spool` → `spool.dry-run`): a dry run must not consume real producers' files,
-    whose events would then reach only the emulator (for `run --dry-run`)."""
+    """The settings pointed at a local emulator, the dry-run outbox (file or schema) and, for the same
+    reason, a drop directory of its own (`spool` → `spool.dry-run`): a dry run must not consume real
+    producers' files, whose events would then reach only the emulator (for `run --dry-run`)."""
     spool = Path(settings.intake_dropdir.path).absolute()
     spool = spool.with_name(spool.name + ".dry-run") if spool.name else spool / "dry-run"
+    if settings.on_postgres:
+        outbox = dataclasses.replace(settings.outbox, schema=dry_run_schema(settings.outbox.schema))
+    else:
+        outbox = dataclasses.replace(settings.outbox, path=str(dry_run_outbox(settings.outbox_path)))
     return dataclasses.replace(
         settings,
         dodo=dataclasses.replace(settings.dodo, base_url=url, api_key_file=""),
-        outbox=dataclasses.replace(settings.outbox, path=str(dry_run_outbox(settings.outbox_path))),
+        outbox=outbox,
         intake_dropdir=dataclasses.replace(settings.intake_dropdir, path=str(spool)),
     )
 
@@ -281,7 +298,8 @@ def run(settings: Settings, *, dry_run: bool = False, environ: Mapping[str, str]
         log.info(
             "dry_run",
             emulator=emulator.url,
-            outbox=str(settings.outbox_path),
+            outbox=show_location(settings.outbox_location),
+            schema=settings.outbox.schema if settings.on_postgres else None,
             note="events go to a local Dodo emulator, not to Dodo, and into their own outbox",
         )
     agent = Agent(settings, environ=environ, dry_run=dry_run)

@@ -32,7 +32,7 @@ def ndjson(*events: dict[str, Any]) -> bytes:
     return b"".join(json.dumps(e).encode() + b"\n" for e in events)
 
 
-def stored(path: Path) -> dict[str, str]:
+def stored(path: str | Path) -> dict[str, str]:
     """event_id -> source, read by a separate connection."""
     with sqlite3.connect(path) as conn:
         return dict(conn.execute("SELECT event_id, source FROM dodo_outbox_events").fetchall())

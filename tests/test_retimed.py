@@ -31,7 +31,7 @@ def event(i: int | str, ts: str | None = None, **meta: object) -> dict[str, obje
     return found
 
 
-def stored_payload(path: Path, event_id: str) -> str:
+def stored_payload(path: str | Path, event_id: str) -> str:
     with sqlite3.connect(path) as conn:
         return str(
             conn.execute("SELECT payload FROM dodo_outbox_events WHERE event_id = ?", (event_id,)).fetchone()[

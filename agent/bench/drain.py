@@ -43,7 +43,7 @@ from agent.store import OutboxStore, open_store
 FILL_CHUNK = 1000
 
 
-def bench_settings(url: str, outbox: Path) -> Settings:
+def bench_settings(url: str, outbox: str | Path) -> Settings:
     """Default settings pointed at `url`, pacing off (`requests_per_minute = 0`)."""
     return dataclasses.replace(
         Settings(),
@@ -61,7 +61,7 @@ def fill(store: OutboxStore, n: int, prefix: str, chunk: int = FILL_CHUNK) -> No
 
 def drain_with_worker(store: OutboxStore, url: str) -> tuple[int, float]:
     """Drain everything due with a fresh Worker; return (events delivered, seconds)."""
-    settings = bench_settings(url, store.path)
+    settings = bench_settings(url, store.location)
     worker = Worker(
         store, settings, DodoClient.from_settings(settings), environ={"DODO_PAYMENTS_API_KEY": API_KEY}
     )

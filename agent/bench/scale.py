@@ -148,7 +148,7 @@ def _drain(store: OutboxStore, url: str, count: int, fill_prefix: str | None) ->
     def one_round(number: int) -> float:
         if fill_prefix is not None:
             fill(store, count, f"{fill_prefix}{number}")
-        settings = bench_settings(url, store.path)
+        settings = bench_settings(url, store.location)
         worker = Worker(
             store, settings, DodoClient.from_settings(settings), environ={"DODO_PAYMENTS_API_KEY": API_KEY}
         )

@@ -19,6 +19,7 @@ from agent.meters.filters import ASSUMPTIONS as FILTER_ASSUMPTIONS
 from agent.meters.preview import Preview
 from agent.meters.reconcile import ASSUMPTIONS, Reconciler, dodo_meters, fetch_meter_events, read_back_event
 from agent.store import OutboxStore
+from agent.store.location import Location
 from agent.timestamps import parse_timestamp, to_us
 
 
@@ -96,7 +97,7 @@ def meters_preview(
     meter_name: str | None,
     as_json: bool,
     config_path: Path | None,
-    outbox_path: Path | None,
+    outbox_path: Location | None,
 ) -> None:
     """What each meter should add up to, per customer, over the outbox's events.
 
@@ -170,7 +171,7 @@ def reconcile(
     as_json: bool,
     page_size: int,
     config_path: Path | None,
-    outbox_path: Path | None,
+    outbox_path: Location | None,
 ) -> None:
     """Compare, per pulled meter, the delivered events the outbox counts with Dodo's own list.
 

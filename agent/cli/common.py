@@ -17,8 +17,9 @@ from agent.config import Settings
 from agent.errors import ConfigError
 from agent.meters import build_checker
 from agent.outbox import Outbox
-from agent.store import OutboxStore, StoreOptions
+from agent.store import OutboxStore, StoreOptions, outbox_exists
 from agent.store import open_store as open_outbox_store
+from agent.store.location import Location, is_postgres_url, parse_location, show_location
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,14 +48,20 @@ def config_option(func: F) -> F:
     )(func)
 
 
+def _as_location(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Location | None:
+    return None if value is None else parse_location(value)
+
+
 def outbox_option(func: F) -> F:
-    """`--outbox PATH`, overriding [outbox] path."""
+    """`--outbox PATH|URL`, overriding [outbox] path / url: the command gets a Location (or None)."""
     return click.option(
         "--outbox",
         "outbox_path",
-        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="PATH|URL",
         default=None,
-        help="Outbox file. Default: [outbox] path of the config.",
+        callback=_as_location,
+        help="Outbox: an SQLite file, or a postgresql:// URL (its schema is [outbox] schema). "
+        "Default: [outbox] url, else [outbox] path of the config.",
     )(config_option(func))
 
 
@@ -63,8 +70,8 @@ def create_option(func: F) -> F:
     return click.option(
         "--create",
         is_flag=True,
-        help="Create the --outbox file if it does not exist (without it, a missing file is an error, "
-        "so a typo in the path cannot start a new, empty outbox).",
+        help="Create the --outbox file (or PostgreSQL schema) if it does not exist (without it, a "
+        "missing outbox is an error, so a typo cannot start a new, empty outbox).",
     )(func)
 
 
@@ -76,50 +83,74 @@ def load_settings(config_path: Path | None) -> Settings:
     return settings
 
 
-def resolve_outbox_path(settings: Settings, outbox_path: Path | None) -> Path:
-    return outbox_path or settings.outbox_path
+def resolve_location(settings: Settings, outbox: Location | None) -> Location:
+    """The outbox a command works on: `--outbox` when given, else the configured one."""
+    return outbox if outbox is not None else settings.outbox_location
 
 
-def check_creatable(settings: Settings, path: Path, outbox_path: Path | None, create: bool) -> None:
+def store_options(settings: Settings) -> StoreOptions:
+    """The configured options of the outbox: SQLite's `synchronous`, PostgreSQL's `schema`."""
+    return StoreOptions(synchronous=settings.outbox.synchronous, schema=settings.outbox.schema)
+
+
+def _where(location: Location, settings: Settings) -> str:
+    shown = show_location(location)
+    return f"{shown} (schema {settings.outbox.schema})" if is_postgres_url(location) else shown
+
+
+def _is_configured(settings: Settings, location: Location) -> bool:
+    configured = settings.outbox_location
+    if is_postgres_url(location) or is_postgres_url(configured):
+        return location == configured
+    return Path(location).absolute() == Path(configured).absolute()
+
+
+def check_creatable(settings: Settings, location: Location, given: Location | None, create: bool) -> None:
     """A missing outbox may be created only when it is the configured one or `--create` was given.
 
-    Raises ConfigError naming the path otherwise: a typo in `--outbox` would start a new, empty
-    outbox that no agent drains, and the events written to it would never be delivered.
+    Raises ConfigError naming it otherwise: a typo in `--outbox` would start a new, empty outbox that
+    no agent drains, and the events written to it would never be delivered. Raises OutboxError when a
+    PostgreSQL outbox cannot be reached to check.
     """
-    if create or outbox_path is None or path.exists():
+    if create or given is None or _is_configured(settings, location):
         return
-    if path.absolute() == settings.outbox_path.absolute():
+    if outbox_exists(location, store_options(settings)):
         return
     raise ConfigError(
-        f"no outbox at {path} (--outbox): check the path for a typo, or pass --create to start a "
-        f"new, empty outbox there (the configured outbox is {settings.outbox_path})"
+        f"no outbox at {_where(location, settings)} (--outbox): check it for a typo, or pass --create "
+        f"to start a new, empty outbox there (the configured outbox is "
+        f"{_where(settings.outbox_location, settings)})"
     )
 
 
 def open_store(
-    config_path: Path | None, outbox_path: Path | None, *, must_exist: bool = True, create: bool = False
+    config_path: Path | None, outbox_path: Location | None, *, must_exist: bool = True, create: bool = False
 ) -> OutboxStore:
     """Open the outbox for a read or maintenance command. Raises ConfigError when it is missing
     (`must_exist`), or missing and neither configured nor `create` (see `check_creatable`)."""
     settings = load_settings(config_path)
-    path = resolve_outbox_path(settings, outbox_path)
-    if must_exist and not path.exists():
+    location = resolve_location(settings, outbox_path)
+    options = store_options(settings)
+    if must_exist and not outbox_exists(location, options):
+        key = "[outbox] url / schema" if is_postgres_url(location) else "[outbox] path"
         raise ConfigError(
-            f"no outbox at {path}; enqueue an event first, or point --outbox / [outbox] path at it"
+            f"no outbox at {_where(location, settings)}; enqueue an event first, or point --outbox / "
+            f"{key} at it"
         )
-    check_creatable(settings, path, outbox_path, create)
-    return open_outbox_store(path, StoreOptions(synchronous=settings.outbox.synchronous))
+    check_creatable(settings, location, outbox_path, create)
+    return open_outbox_store(location, options)
 
 
 def open_outbox(
-    config_path: Path | None, outbox_path: Path | None, source: str, *, create: bool = False
+    config_path: Path | None, outbox_path: Location | None, source: str, *, create: bool = False
 ) -> Outbox:
-    """Open the outbox for writing events; a missing file follows `check_creatable`."""
+    """Open the outbox for writing events; a missing outbox follows `check_creatable`."""
     settings = load_settings(config_path)
-    path = resolve_outbox_path(settings, outbox_path)
-    check_creatable(settings, path, outbox_path, create)
+    location = resolve_location(settings, outbox_path)
+    check_creatable(settings, location, outbox_path, create)
     outbox = Outbox(
-        path,
+        location,
+        schema=settings.outbox.schema,
         synchronous=settings.outbox.synchronous,
         max_events=settings.outbox.max_events,
         max_bytes=settings.outbox.max_bytes,

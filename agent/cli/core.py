@@ -19,6 +19,7 @@ from agent.events import Event, check_event
 from agent.intake.records import ParseProblem, read_records
 from agent.meters import MeterChecker
 from agent.outbox import Outbox
+from agent.store.location import Location
 
 CHUNK_EVENTS = 1000
 
@@ -29,7 +30,7 @@ CHUNK_EVENTS = 1000
 @common.create_option
 @common.outbox_option
 def enqueue(
-    source: Path, as_json: bool, create: bool, config_path: Path | None, outbox_path: Path | None
+    source: Path, as_json: bool, create: bool, config_path: Path | None, outbox_path: Location | None
 ) -> None:
     """Validate events from FILE (or stdin) and store them in the outbox.
 
@@ -163,7 +164,7 @@ def events() -> None:
 @click.argument("event_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 @common.outbox_option
-def events_show(event_id: str, as_json: bool, config_path: Path | None, outbox_path: Path | None) -> None:
+def events_show(event_id: str, as_json: bool, config_path: Path | None, outbox_path: Location | None) -> None:
     """Show one event: its state, attempts, timestamps and last error.
 
     \b

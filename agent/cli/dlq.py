@@ -23,6 +23,7 @@ from agent import durations
 from agent.cli import common
 from agent.config import Settings
 from agent.store import DeadFilter, EventRecord, OutboxStore
+from agent.store.location import Location
 from agent.timestamps import from_us, to_us
 
 FIX_ADVICE = (
@@ -78,7 +79,7 @@ def dlq_list(
     limit: int,
     as_json: bool,
     config_path: Path | None,
-    outbox_path: Path | None,
+    outbox_path: Location | None,
 ) -> None:
     """List dead-lettered events, oldest first: reason, HTTP status, attempts, a response excerpt.
 
@@ -138,7 +139,7 @@ DLQ_LIST_TITLES = ("event_id", "event_name", "reason", "http", "attempts", "dead
 @click.argument("event_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 @common.outbox_option
-def dlq_show(event_id: str, as_json: bool, config_path: Path | None, outbox_path: Path | None) -> None:
+def dlq_show(event_id: str, as_json: bool, config_path: Path | None, outbox_path: Location | None) -> None:
     """Show one dead-lettered event: the event, reason, HTTP status, response, attempts, timestamps.
 
     \b
@@ -178,7 +179,7 @@ def dlq_replay(
     dry_run: bool,
     as_json: bool,
     config_path: Path | None,
-    outbox_path: Path | None,
+    outbox_path: Location | None,
 ) -> None:
     """Move dead-lettered events back to pending (attempts reset); the agent delivers them again.
 
@@ -269,7 +270,7 @@ def dlq_export(
     fmt: str,
     output: Path | None,
     config_path: Path | None,
-    outbox_path: Path | None,
+    outbox_path: Location | None,
 ) -> None:
     """Write dead-lettered events as NDJSON, to fix them and enqueue them again.
 
@@ -299,7 +300,7 @@ def dlq_export(
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @common.outbox_option
 def dlq_purge(
-    older_than: str, reason: str | None, yes: bool, config_path: Path | None, outbox_path: Path | None
+    older_than: str, reason: str | None, yes: bool, config_path: Path | None, outbox_path: Location | None
 ) -> None:
     """Delete dead-lettered events that died more than DURATION ago. The only way dead rows are deleted.
 

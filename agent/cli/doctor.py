@@ -16,18 +16,9 @@ from typing import Any
 import click
 
 from agent.cli import common, doctor_pg
-from agent.config import Settings
 from agent.errors import ConfigError
-from agent.store import (
-    Health,
-    SalvageReport,
-    StoreOptions,
-    check_outbox,
-    is_postgres_url,
-    mask_url,
-    open_store,
-    salvage,
-)
+from agent.store import Health, SalvageReport, StoreOptions, check_outbox, open_store, salvage
+from agent.store.location import Location, show_location
 from agent.timestamps import to_us
 
 
@@ -48,7 +39,11 @@ from agent.timestamps import to_us
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @common.outbox_option
 def doctor(
-    salvage_into: Path | None, quick: bool, as_json: bool, config_path: Path | None, outbox_path: Path | None
+    salvage_into: Path | None,
+    quick: bool,
+    as_json: bool,
+    config_path: Path | None,
+    outbox_path: Location | None,
 ) -> None:
     """Check the outbox file's integrity; with --salvage, copy the rows it can read into another outbox.
 
@@ -68,17 +63,17 @@ def doctor(
       dodo-outbox doctor --outbox postgresql://agent@db.internal:5432/app --json
     """
     settings = common.load_settings(config_path)
-    location = _location(settings, outbox_path)
-    if is_postgres_url(location):
+    location = common.resolve_location(settings, outbox_path)
+    if isinstance(location, str):  # a postgresql:// URL
         if salvage_into is not None:
             raise click.UsageError(
-                f"--salvage copies rows out of a damaged SQLite file; {mask_url(location)} is a "
+                f"--salvage copies rows out of a damaged SQLite file; {show_location(location)} is a "
                 "PostgreSQL outbox, which PostgreSQL itself keeps consistent (restore a damaged one from "
                 "its backups). Run doctor without --salvage"
             )
         doctor_pg.run(location, settings.outbox.schema, as_json=as_json)
         return
-    path = Path(location)
+    path = location
     if not path.is_file():
         raise ConfigError(f"no outbox file at {path}; point --outbox (or [outbox] path) at it")
     health = check_outbox(path, full=not quick)
@@ -94,13 +89,6 @@ def doctor(
         _print(health, report)
     if not health.ok or (report is not None and not report.complete):
         sys.exit(common.EXIT_FAILED)
-
-
-def _location(settings: Settings, outbox_path: Path | None) -> str:
-    """The outbox to check: --outbox, else [outbox] url (PostgreSQL), else [outbox] path."""
-    if outbox_path is None and settings.outbox.url:
-        return settings.outbox.url
-    return str(common.resolve_outbox_path(settings, outbox_path))
 
 
 def _document(health: Health, report: SalvageReport | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from agent.cli import common
 from agent.delivery.batch import DrainReport
 from agent.delivery.client import DodoClient
 from agent.delivery.worker import Worker
+from agent.store.location import Location
 
 EXIT_PAUSED = 3
 """`drain`: delivery is paused (no key, a refused key, a wrong base URL); the reason is printed."""
@@ -26,7 +27,7 @@ EXIT_PAUSED = 3
 @click.option("--once", is_flag=True, help="Deliver until nothing is due, then exit with a summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @common.outbox_option
-def drain(once: bool, as_json: bool, config_path: Path | None, outbox_path: Path | None) -> None:
+def drain(once: bool, as_json: bool, config_path: Path | None, outbox_path: Location | None) -> None:
     """Deliver the outbox to Dodo now, with the same code path as the running agent.
 
     With --once: send batches until nothing is due (events waiting for a retry stay pending), then

@@ -18,6 +18,7 @@ from agent.delivery.pacing import TokenBucket
 from agent.errors import ConfigError, DeliveryError
 from agent.meters import dodo_client, fetch_meters, known_meters, meter_to_row, paced_get
 from agent.meters.report import keys_by_name, report
+from agent.store.location import Location
 from agent.timestamps import from_us, to_us
 
 
@@ -58,8 +59,8 @@ def meters_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the meters as JSON.")
 @common.create_option
 @common.outbox_option
-def meters_pull(as_json: bool, create: bool, config_path: Path | None, outbox_path: Path | None) -> None:
-    """Fetch every active meter from Dodo (GET /meters) and cache it in the outbox file.
+def meters_pull(as_json: bool, create: bool, config_path: Path | None, outbox_path: Location | None) -> None:
+    """Fetch every active meter from Dodo (GET /meters) and cache it in the outbox.
 
     The enqueue-time checks and `meters check` use the cached meters (plus any [[meters]] of the
     config). Pages through from page 0 until an empty page, within the [delivery] rate budget.
@@ -70,7 +71,7 @@ def meters_pull(as_json: bool, create: bool, config_path: Path | None, outbox_pa
     """
     settings = common.load_settings(config_path)
     # Refuse a mistyped --outbox before asking Dodo, not after.
-    common.check_creatable(settings, common.resolve_outbox_path(settings, outbox_path), outbox_path, create)
+    common.check_creatable(settings, common.resolve_location(settings, outbox_path), outbox_path, create)
     with dodo_client(settings) as client:
         meters = fetch_meters(client, _bucket(config_path))
     now_us = to_us(time.time())
@@ -98,7 +99,7 @@ def meters_pull(as_json: bool, create: bool, config_path: Path | None, outbox_pa
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @common.outbox_option
-def meters_check(since: str, as_json: bool, config_path: Path | None, outbox_path: Path | None) -> None:
+def meters_check(since: str, as_json: bool, config_path: Path | None, outbox_path: Location | None) -> None:
     """Report recent events by name against the meters: what would not be billed, and why.
 
     Uses the meters cached by `meters pull` plus the config's [[meters]]. Exit 0 when every recent
@@ -154,7 +155,7 @@ def meters_check(since: str, as_json: bool, config_path: Path | None, outbox_pat
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @common.outbox_option
 def verify(
-    sample: int, since: str, as_json: bool, config_path: Path | None, outbox_path: Path | None
+    sample: int, since: str, as_json: bool, config_path: Path | None, outbox_path: Location | None
 ) -> None:
     """Read a random sample of delivered events back from Dodo (GET /events/{event_id}).
 

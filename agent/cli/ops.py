@@ -18,6 +18,7 @@ from rich.table import Table
 from agent.cli import common
 from agent.cli.dlq import dlq
 from agent.ops import status as status_module
+from agent.store.location import Location
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -69,7 +70,7 @@ def status(
     min_success_rate: float | None,
     window: str,
     config_path: Path | None,
-    outbox_path: Path | None,
+    outbox_path: Location | None,
 ) -> None:
     """Show the outbox: events by state, delivery and success rates, backlog age, pause, dead letters.
 

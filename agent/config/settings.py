@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
-from agent.store.location import mask_url
+from agent.store.location import Location, mask_url
 
 ENVIRONMENTS = {"test_mode": "https://test.dodopayments.com", "live_mode": "https://live.dodopayments.com"}
 
@@ -146,16 +146,26 @@ class Settings:
     """Problems that do not stop the agent (an unknown DODO_OUTBOX_* variable); the CLI prints them."""
 
     @property
-    def outbox_path(self) -> Path:
-        """The outbox file; under systemd's $STATE_DIRECTORY when no path is set.
+    def outbox_location(self) -> Location:
+        """The outbox: the `[outbox] url` (PostgreSQL) when set, else the SQLite file `outbox_path`."""
+        return self.outbox.url or self.outbox_path
 
-        Raises ConfigError when `[outbox] url` is set: only the library opens a PostgreSQL outbox
-        in this version (`Outbox.open(config=...)`), the agent and the CLI commands do not yet.
+    @property
+    def on_postgres(self) -> bool:
+        """Whether the outbox is on PostgreSQL (`[outbox] url` is set)."""
+        return bool(self.outbox.url)
+
+    @property
+    def outbox_path(self) -> Path:
+        """The SQLite outbox file; under systemd's $STATE_DIRECTORY when no path is set.
+
+        Raises ConfigError when `[outbox] url` is set (a PostgreSQL outbox has no file): code that
+        works on both backends asks for `outbox_location`.
         """
         if self.outbox.url:
             raise ConfigError(
-                "[outbox] url (a PostgreSQL outbox) is supported by the library only in this version "
-                "(Outbox.open(config=...)); the agent and the CLI commands need [outbox] path for now"
+                "[outbox] url is set, so the outbox is on PostgreSQL and has no file; "
+                "this needs an SQLite outbox ([outbox] path)"
             )
         return Path(self.outbox.path) if self.outbox.path else default_outbox_path(os.environ)
 

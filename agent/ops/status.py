@@ -56,7 +56,7 @@ def build(
     rates = store.window_rates(now_us, tuple(WINDOWS.values()))
     vacuum = store.vacuum_health()
     return {
-        "outbox": str(store.path),
+        "outbox": store.location,
         **counts,
         "total": sum(counts.values()),
         "oldest_pending_age_seconds": _age_seconds(now, oldest),

@@ -3,8 +3,9 @@
 - `base.OutboxStore`: the interface (a typing Protocol) naming every operation the agent needs;
 - `records`: the backend-neutral values it speaks (Claimed, EventRecord, DeadFilter, ...);
 - `sqlite/`: the SQLite implementation, `SqliteStore`, split by concern;
-- `open_store(location, options)`: the one place that picks a backend (a path today; issue 13 adds
-  `postgresql://` URLs). Code outside this package opens stores here and annotates with OutboxStore.
+- `postgres/`: the PostgreSQL implementation, `PostgresStore` (the `postgres` extra, imported lazily);
+- `open_store(location, options)`: the one place that picks a backend (a file path or a `postgresql://`
+  URL). Code outside this package opens stores here and annotates with OutboxStore.
 
 Damaged outbox files are checked, quarantined and salvaged through `check_outbox`, `quarantine` and
 `salvage` below, so the service and `doctor` do not reach into a backend either.
@@ -13,11 +14,11 @@ Damaged outbox files are checked, quarantined and salvaged through `check_outbox
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError
 from agent.store.base import OutboxStore
-from agent.store.location import is_postgres_url, mask_url
+from agent.store.location import Location, is_postgres_url, mask_url, parse_location, show_location
 from agent.store.records import (
     Claimed,
     DeadFilter,
@@ -49,7 +50,29 @@ Store = SqliteStore
 """The SQLite implementation under its historical name (tests build files with it)."""
 
 
-def open_store(location: str | Path, options: StoreOptions | None = None) -> OutboxStore:
+def _postgres() -> Any:
+    """The PostgreSQL backend package; ConfigError when the `postgres` extra is not installed."""
+    try:
+        import agent.store.postgres
+        import agent.store.postgres.probe
+    except ImportError as exc:
+        raise ConfigError(
+            "a postgresql:// outbox needs psycopg, which is not installed "
+            f"({exc.name or exc}): install the extra with `pip install 'dodo-outbox[postgres]'`"
+        ) from None
+    return agent.store.postgres
+
+
+def outbox_exists(location: Location, options: StoreOptions | None = None) -> bool:
+    """Whether an outbox is at `location` (a file, or the schema `options.schema` of a PostgreSQL
+    database), checked without creating it. Raises OutboxError when the database is unreachable."""
+    if is_postgres_url(location):
+        schema = (options or StoreOptions()).schema
+        return bool(_postgres().probe.outbox_exists(str(location), schema))
+    return Path(location).exists()
+
+
+def open_store(location: Location, options: StoreOptions | None = None) -> OutboxStore:
     """Open (creating and migrating as needed) the outbox at `location`: a file path, or a
     `postgresql://` URL (the `postgres` extra; the schema is `options.schema`).
 
@@ -58,22 +81,9 @@ def open_store(location: str | Path, options: StoreOptions | None = None) -> Out
     anything else that keeps it from opening.
     """
     if is_postgres_url(location):
-        _need_psycopg()
-        from agent.store.postgres import PostgresStore
-
-        return PostgresStore(str(location), options)
+        store: OutboxStore = _postgres().PostgresStore(str(location), options)
+        return store
     return SqliteStore(location, options)
-
-
-def _need_psycopg() -> None:
-    """Raises ConfigError naming the `postgres` extra when psycopg cannot be imported."""
-    try:
-        import agent.store.postgres  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError(
-            "a postgresql:// outbox needs psycopg, which is not installed "
-            f"({exc.name or exc}): install the extra with `pip install 'dodo-outbox[postgres]'`"
-        ) from None
 
 
 def inspect_postgres(url: str, options: StoreOptions | None = None) -> Inspection:
@@ -82,7 +92,7 @@ def inspect_postgres(url: str, options: StoreOptions | None = None) -> Inspectio
     Raises ConfigError when the server refuses the login or has no such database, OutboxError when
     it cannot be reached (see agent/store/postgres/health.py).
     """
-    _need_psycopg()
+    _postgres()
     from agent.store.postgres import health
     from agent.store.postgres.connection import PgBase
 
@@ -118,6 +128,7 @@ __all__ = [
     "Health",
     "InsertResult",
     "KeyStats",
+    "Location",
     "MeterRow",
     "NameStats",
     "OutboxStore",
@@ -136,6 +147,9 @@ __all__ = [
     "is_postgres_url",
     "mask_url",
     "open_store",
+    "outbox_exists",
+    "parse_location",
     "quarantine",
     "salvage",
+    "show_location",
 ]

@@ -17,7 +17,6 @@ Rules every backend keeps (the suite checks each):
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Protocol, Self
 
 from agent.errors import EventConflictError
@@ -51,8 +50,8 @@ class OutboxStore(Protocol):
     """The outbox. Thread-safe; open one per process with `agent.store.open_store` and share it."""
 
     @property
-    def path(self) -> Path:
-        """Where the outbox lives (for messages and status)."""
+    def location(self) -> str:
+        """Where the outbox lives, safe to show: the file path, or the URL with its password masked."""
         ...
 
     @property

@@ -11,6 +11,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from agent.errors import ConfigError
 
+Location = str | Path
+"""Where an outbox lives: an SQLite file (a Path) or a PostgreSQL URL (a str starting `postgresql://`)."""
+
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 DEFAULT_SCHEMA = "dodo_outbox"
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -19,6 +22,16 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 def is_postgres_url(location: str | Path) -> bool:
     """Whether `location` names a PostgreSQL outbox (a `postgresql://` or `postgres://` URL)."""
     return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
+
+
+def parse_location(text: str | Path) -> Location:
+    """`text` as a location: a `postgresql://` URL stays a str, anything else is a file path."""
+    return text if isinstance(text, str) and is_postgres_url(text) else Path(text)
+
+
+def show_location(location: Location) -> str:
+    """The location for messages and logs: a file path as it is, a URL with its password masked."""
+    return mask_url(location) if isinstance(location, str) and is_postgres_url(location) else str(location)
 
 
 def mask_url(url: str) -> str:

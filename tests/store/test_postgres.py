@@ -144,7 +144,7 @@ def test_a_password_in_the_url_never_appears_in_errors_or_reprs(postgres_url: st
     assert "s3cr3t-pw" not in repr(caught.value) and caught.value.__cause__ is None
     with_password = postgres_url.replace("postgres@", "postgres:hunter2@", 1)  # trust auth ignores it
     with open_store(with_password, StoreOptions(schema=schema)) as store:
-        assert "hunter2" not in repr(store) and "hunter2" not in str(store.path)
+        assert "hunter2" not in repr(store) and "hunter2" not in store.location
         assert "postgres:***@" in repr(store)
     with pytest.raises(OutboxError) as closed:
         store.counts()
@@ -201,8 +201,9 @@ def test_config_url_opens_postgres_and_path_with_url_is_refused(
     environ = {"DODO_OUTBOX_OUTBOX_URL": postgres_url, "DODO_OUTBOX_OUTBOX_SCHEMA": schema}
     settings = config.load(None, environ)
     assert settings.outbox.url == postgres_url
-    with pytest.raises(ConfigError, match=r"library only"):
-        _ = settings.outbox_path  # the agent and the CLI refuse instead of writing to an SQLite file
+    assert settings.outbox_location == postgres_url and settings.on_postgres
+    with pytest.raises(ConfigError, match=r"has no file"):
+        _ = settings.outbox_path  # SQLite-only code refuses instead of writing to a default file
     file = tmp_path / "agent.toml"
     file.write_text(f'[outbox]\nurl = "{postgres_url}"\nschema = "{schema}"\n')
     with Outbox.open(config=file) as outbox:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path
 from typing import Any, Self
 
 import psycopg
@@ -60,8 +59,9 @@ class PgBase:
         return sql.format(**self.t)
 
     @property
-    def path(self) -> Path:
-        return Path(self.shown)
+    def location(self) -> str:
+        """The URL with its password masked, for messages and status."""
+        return self.shown
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.shown!r}, schema={self.schema!r})"

@@ -107,6 +107,11 @@ class StoreBase:
         self.close()
 
     @property
+    def location(self) -> str:
+        """The outbox file, for messages and status."""
+        return str(self.path)
+
+    @property
     def closed(self) -> bool:
         return self._conn is None
 
