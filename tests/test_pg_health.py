@@ -16,7 +16,6 @@ import pytest
 from click.testing import CliRunner, Result
 
 from agent.cli import cli
-from agent.cli.ops import render_status
 from agent.ops import dbhealth, dbmetrics, status
 from agent.store import OutboxStore, StoreOptions, VacuumHealth, open_store
 from agent.store.postgres.schema import SCHEMA_VERSION
@@ -39,12 +38,17 @@ def with_password(url: str) -> str:
     return f"{scheme}://{user.split(':', 1)[0]}:{SECRET}@{host}"
 
 
-def doctor(url: str, schema: str, *args: str) -> Result:
-    return CliRunner().invoke(
-        cli,
-        ["doctor", *args],
-        env={"DODO_OUTBOX_OUTBOX_URL": url, "DODO_OUTBOX_OUTBOX_SCHEMA": schema, "DODO_OUTBOX_CONFIG": None},
-    )
+def command(name: str, url: str, schema: str, *args: str, by_config: bool = False) -> Result:
+    """`dodo-outbox NAME --outbox URL` (or with `[outbox] url` from the environment), schema `schema`."""
+    env = {"DODO_OUTBOX_OUTBOX_SCHEMA": schema, "DODO_OUTBOX_CONFIG": None, "DODO_OUTBOX_OUTBOX_URL": None}
+    if by_config:
+        env["DODO_OUTBOX_OUTBOX_URL"] = url
+    where = [] if by_config else ["--outbox", url]
+    return CliRunner().invoke(cli, [name, *where, *args], env=env)
+
+
+def doctor(url: str, schema: str, *args: str, by_config: bool = False) -> Result:
+    return command("doctor", url, schema, *args, by_config=by_config)
 
 
 def doctor_json(url: str, schema: str) -> tuple[int, dict[str, Any]]:
@@ -115,6 +119,8 @@ def test_dead_tuples_outnumbering_live_ones_make_status_warn(
     assert "VACUUM" in dead_warnings(found)[0]
     gauges = {m.name: m.samples[0].value for m in dbmetrics.families(pg)}
     assert gauges["dodo_outbox_dead_tuples"] > 10_000
+    shown = command("status", postgres_url, pg_schema, "--check")
+    assert shown.exit_code == 1 and "WARNING" in shown.stdout and "dead row versions" in shown.stdout
     code, report = doctor_json(postgres_url, pg_schema)
     assert code == 1
     assert any("autovacuum is off for" in p and "RESET (autovacuum_enabled)" in p for p in report["problems"])
@@ -142,14 +148,13 @@ def test_sqlite_reports_no_database_section(tmp_path: Path) -> None:
     assert document["database"] is None and document["warnings"] == []
 
 
-def test_status_never_shows_the_password(
-    postgres_url: str, pg_schema: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with open_store(with_password(postgres_url), StoreOptions(schema=pg_schema)) as store:
-        document = status.build(store)
-    render_status(document)
-    shown = json.dumps(document) + capsys.readouterr().out
-    assert SECRET not in shown and ":***@" in shown
+def test_status_never_shows_the_password(pg: OutboxStore, postgres_url: str, pg_schema: str) -> None:
+    text = command("status", with_password(postgres_url), pg_schema)
+    as_json = command("status", with_password(postgres_url), pg_schema, "--json")
+    assert text.exit_code == as_json.exit_code == 0, text.output + as_json.output
+    assert json.loads(as_json.stdout)["database"]["dead_tuples"] == 0  # the PostgreSQL section is there
+    for result in (text, as_json):
+        assert SECRET not in result.output and ":***@" in result.output
 
 
 # -- doctor ------------------------------------------------------------------------------------------
@@ -228,10 +233,11 @@ def test_doctor_on_a_schema_without_an_outbox_says_so_and_creates_nothing(
         assert conn.execute("SELECT to_regnamespace(%s)", (pg_schema,)).fetchone() == (None,)
 
 
+@pytest.mark.parametrize("by_config", [False, True], ids=["--outbox", "[outbox] url"])
 def test_doctor_text_shows_the_checks_and_never_the_password(
-    pg: OutboxStore, postgres_url: str, pg_schema: str
+    pg: OutboxStore, postgres_url: str, pg_schema: str, by_config: bool
 ) -> None:
-    result = doctor(with_password(postgres_url), pg_schema)
+    result = doctor(with_password(postgres_url), pg_schema, by_config=by_config)
     assert result.exit_code == 0, result.output
     for label in ("server", "schema version", "claim index", "table events", "oldest transaction"):
         assert label in result.stdout
