@@ -2,7 +2,8 @@
 
 The agent checks its outbox at every start (PRAGMA quick_check) and moves a damaged file aside to
 `<name>.corrupt-<time>` before starting on a fresh one; this command is what the operator runs next.
-The SQL lives in agent/store/sqlite/salvage.py (reached through `agent.store`).
+The SQL lives in agent/store/sqlite/salvage.py (reached through `agent.store`). On a PostgreSQL
+outbox it checks the server and the schema instead: agent/cli/doctor_pg.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import click
 
-from agent.cli import common
+from agent.cli import common, doctor_pg
 from agent.errors import ConfigError
 from agent.store import Health, SalvageReport, StoreOptions, check_outbox, open_store, salvage
 from agent.store.location import Location, show_location
@@ -29,7 +30,12 @@ from agent.timestamps import to_us
     help="Copy every readable row into this outbox: created if missing; an existing one (even the one "
     "a running agent uses) keeps its rows and gains the missing event_ids.",
 )
-@click.option("--quick", is_flag=True, help="PRAGMA quick_check instead of the slower, full integrity_check.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="PRAGMA quick_check instead of the slower, full integrity_check (SQLite; PostgreSQL's checks "
+    "are all quick).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @common.outbox_option
 def doctor(
@@ -45,17 +51,28 @@ def doctor(
     reasons); rows that were in flight come back as pending. Exit 0 when the file is healthy (and,
     with --salvage, every row was copied), 1 when damage was found or rows could not be read.
 
+    On a PostgreSQL outbox (a postgresql:// URL) it checks, read-only: the connection and server
+    version, the schema version, the claim index (present, valid, used by the claim's plan), dead
+    rows and vacuum of the outbox tables, and the oldest open transaction. Exit 0 healthy, 1 problems
+    found (each says what to do), 2 the login was refused, 75 the server cannot be reached.
+
     \b
     Example:
       dodo-outbox doctor
       dodo-outbox doctor --outbox outbox.db.corrupt-20260131T120000Z --salvage outbox.db
+      dodo-outbox doctor --outbox postgresql://agent@db.internal:5432/app --json
     """
     settings = common.load_settings(config_path)
     location = common.resolve_location(settings, outbox_path)
-    if isinstance(location, str):
-        raise ConfigError(
-            f"doctor checks an SQLite outbox file; {show_location(location)} is a PostgreSQL outbox"
-        )
+    if isinstance(location, str):  # a postgresql:// URL
+        if salvage_into is not None:
+            raise click.UsageError(
+                f"--salvage copies rows out of a damaged SQLite file; {show_location(location)} is a "
+                "PostgreSQL outbox, which PostgreSQL itself keeps consistent (restore a damaged one from "
+                "its backups). Run doctor without --salvage"
+            )
+        doctor_pg.run(location, settings.outbox.schema, as_json=as_json)
+        return
     path = location
     if not path.is_file():
         raise ConfigError(f"no outbox file at {path}; point --outbox (or [outbox] path) at it")

@@ -77,7 +77,9 @@ def status(
     Reads the outbox file, so it works whether or not the agent is running. With --check it exits 1
     when the oldest undelivered event is older than --max-backlog-age, when there are more than
     --max-dead dead letters, when the success ratio over --window is below --min-success-rate, or
-    when delivery is paused; each crossed threshold is named (for cron and monitoring plugins).
+    when delivery is paused, or on a PostgreSQL outbox when a database warning shows (dead tuples
+    outnumbering live ones, a transaction open for over 5 minutes); each crossed threshold is named
+    (for cron and monitoring plugins).
 
     \b
     Example:
@@ -161,6 +163,8 @@ def render_status(document: dict[str, Any]) -> None:
     if unmatched:
         shown = ", ".join(f"{name} {count:,}" for name, count in unmatched.items())
         out.print(f"no meter counts (last hour)  {shown}", markup=False)
+    for warning in document.get("warnings", ()):
+        out.print(f"[bold yellow]WARNING[/bold yellow]: {escape(warning)}")
 
 
 COMMANDS: list[click.Command] = [status, dlq]

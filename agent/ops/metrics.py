@@ -286,7 +286,7 @@ class OutboxCollector(Collector):
         return [up, *found]
 
     def _families(self) -> list[Metric]:
-        from agent.ops import status  # status imports the store; import late to keep this module light
+        from agent.ops import dbmetrics, status  # they import the store: late, to keep this module light
 
         store, now = self.store, self.clock()
         rows = _gauge("dodo_outbox_events", "Rows in the outbox by state.", ["state"])
@@ -321,7 +321,7 @@ class OutboxCollector(Collector):
         size.add_metric([], stats.size_bytes)
         free = _gauge("dodo_outbox_database_free_bytes", "Free pages in the outbox file, in bytes.")
         free.add_metric([], stats.free_bytes)
-        families += [size, free]
+        families += [size, free, *dbmetrics.families(store)]
         if self.max_events is not None:
             cap = _gauge(
                 "dodo_outbox_max_events", "[outbox] max_events: the backlog at which intake refuses."

@@ -5,7 +5,9 @@ It reads only the outbox file, so it works whether or not the agent is running.
 Public contract (monitoring scripts read these; add keys, never rename): `pending`, `inflight`,
 `delivered`, `dead`, `oldest_pending_age_seconds`, `paused`, `paused_reason`, and since 0.1
 `rates` (per window `5m` / `1h`), `top_dead_reasons` and `delivered_per_minute`; `meter_checks`
-(with `meter_warnings` and `unmatched_by_name`) when built with the settings.
+(with `meter_warnings` and `unmatched_by_name`) when built with the settings; `database` (dead
+tuples and the oldest open transaction on PostgreSQL, null on SQLite) and `warnings` (sentences,
+see agent/ops/dbhealth.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from agent.config import Settings
 from agent.meters.report import status_section
+from agent.ops import dbhealth
 from agent.store import OutboxStore, WindowRates
 from agent.timestamps import from_us, to_us
 
@@ -32,12 +35,18 @@ def _age_seconds(now: float, since_us: int | None) -> float | None:
     return None if since_us is None else round(max(0.0, now - from_us(since_us)), 3)
 
 
-def build(store: OutboxStore, now: float | None = None, settings: Settings | None = None) -> dict[str, Any]:
+def build(
+    store: OutboxStore,
+    now: float | None = None,
+    settings: Settings | None = None,
+    limits: dbhealth.Limits = dbhealth.DEFAULT_LIMITS,
+) -> dict[str, Any]:
     """Counts by state, the age of the oldest undelivered event, whether delivery is paused, delivery
     and success rates over the last 5 minutes and hour, the top dead-letter reasons and events
     delivered per minute over the last hour (oldest minute first). With `settings`, also
     `meter_checks`: the last hour's events that would not be billed, by reason and, for those no
-    meter counts, by event name (see agent/meters/report.py)."""
+    meter counts, by event name (see agent/meters/report.py). `database` and `warnings`: what
+    threatens the claim on PostgreSQL, past `limits`."""
     now = time.time() if now is None else now
     now_us = to_us(now)
     counts = store.counts()
@@ -45,6 +54,7 @@ def build(store: OutboxStore, now: float | None = None, settings: Settings | Non
     waiting = store.oldest_pending_enqueued_us()
     paused = read_pause(store)
     rates = store.window_rates(now_us, tuple(WINDOWS.values()))
+    vacuum = store.vacuum_health()
     return {
         "outbox": store.location,
         **counts,
@@ -57,6 +67,8 @@ def build(store: OutboxStore, now: float | None = None, settings: Settings | Non
         "rates": {name: rate_document(r) for name, r in zip(WINDOWS, rates, strict=True)},
         "top_dead_reasons": [{"reason": r, "count": n} for r, n in store.top_dead_reasons(5)],
         "delivered_per_minute": store.delivered_per_minute(now_us, minutes=SPARKLINE_MINUTES),
+        "database": dbhealth.document(vacuum),
+        "warnings": dbhealth.warnings(vacuum, limits),
         "generated_at": round(now, 3),
     } | ({} if settings is None else {"meter_checks": status_section(settings, store, now)})
 
@@ -89,8 +101,9 @@ def check(
 ) -> list[str]:
     """The thresholds a status document crosses, one sentence each; empty when all is well.
 
-    A paused delivery always fails. `min_success_rate` applies to the delivery success ratio of
-    `window`; a window in which nothing settled passes (no evidence of failure).
+    A paused delivery always fails, and so does every database warning (dead tuples piling up, an
+    old open transaction: see agent/ops/dbhealth.py). `min_success_rate` applies to the delivery
+    success ratio of `window`; a window in which nothing settled passes (no evidence of failure).
     """
     failures: list[str] = []
     age = document.get("oldest_pending_age_seconds")
@@ -109,6 +122,7 @@ def check(
         )
     if document["paused"]:
         failures.append(f"delivery is paused: {document['paused_reason']}")
+    failures.extend(document.get("warnings", ()))
     return failures
 
 

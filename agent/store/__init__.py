@@ -14,7 +14,7 @@ Damaged outbox files are checked, quarantined and salvaged through `check_outbox
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError
 from agent.store.base import OutboxStore
@@ -33,6 +33,7 @@ from agent.store.records import (
     Retimed,
     State,
     StoreOptions,
+    VacuumHealth,
     WindowRates,
 )
 from agent.store.sqlite import SqliteStore
@@ -41,6 +42,9 @@ from agent.store.sqlite import salvage as _salvage
 from agent.store.sqlite.damage import Health
 from agent.store.sqlite.salvage import SalvageReport
 from agent.store.sqlite.schema import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from agent.store.postgres.health import Inspection
 
 Store = SqliteStore
 """The SQLite implementation under its historical name (tests build files with it)."""
@@ -82,6 +86,22 @@ def open_store(location: Location, options: StoreOptions | None = None) -> Outbo
     return SqliteStore(location, options)
 
 
+def inspect_postgres(url: str, options: StoreOptions | None = None) -> Inspection:
+    """What `dodo-outbox doctor` checks on a PostgreSQL outbox, read without migrating or writing.
+
+    Raises ConfigError when the server refuses the login or has no such database, OutboxError when
+    it cannot be reached (see agent/store/postgres/health.py).
+    """
+    _postgres()
+    from agent.store.postgres import health
+    from agent.store.postgres.connection import PgBase
+
+    options = options or StoreOptions()
+    version = health.connect_check(url, timeout=max(options.busy_timeout_ms, 1000) / 1000)
+    with PgBase(url, options) as db:
+        return health.inspect(db, version)
+
+
 def check_outbox(location: Path, *, full: bool = True, limit: int = 20) -> Health:
     """The integrity of the outbox at `location`, read without writing it (`dodo-outbox doctor`)."""
     return _damage.check(location, full=full, limit=limit)
@@ -120,8 +140,10 @@ __all__ = [
     "State",
     "Store",
     "StoreOptions",
+    "VacuumHealth",
     "WindowRates",
     "check_outbox",
+    "inspect_postgres",
     "is_postgres_url",
     "mask_url",
     "open_store",

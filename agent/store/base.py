@@ -31,6 +31,7 @@ from agent.store.records import (
     NameStats,
     RangeRow,
     ReplayChunk,
+    VacuumHealth,
     WindowRates,
 )
 
@@ -161,6 +162,11 @@ class OutboxStore(Protocol):
     def prune_requests(self, before_us: int, *, chunk: int = CHUNK_ROWS, max_chunks: int = 200) -> int: ...
 
     def file_stats(self) -> FileStats: ...
+
+    def vacuum_health(self) -> VacuumHealth | None:
+        """Dead rows of the hot table and the oldest open transaction (`status` warns on them); None
+        where the backend has no such thing (SQLite: no dead row versions, no server sessions)."""
+        ...
 
     def incremental_vacuum(self, *, max_pages: int = 100_000, step: int = VACUUM_PAGES) -> int: ...
 

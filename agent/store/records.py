@@ -271,3 +271,20 @@ class RangeRow:
     state: str
     restamped: bool
     payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class VacuumHealth:
+    """What keeps a multi-version database (PostgreSQL) from serving the claim quickly: the dead row
+    versions of the hot events table and the oldest open transaction on the database, which keeps
+    vacuum from reclaiming them. A backend without either (SQLite) reports None instead.
+
+    Instants are seconds since the epoch (the database's clock); ages are measured by the database.
+    """
+
+    live_tuples: int
+    dead_tuples: int
+    last_autovacuum: float | None
+    oldest_transaction_age_seconds: float | None
+    oldest_transaction_pid: int | None
+    oldest_transaction_state: str | None

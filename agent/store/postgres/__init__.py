@@ -26,7 +26,7 @@ from agent.events import Event
 from agent.store.base import CHUNK_ROWS, REPLAY_CHUNK, VACUUM_PAGES
 from agent.store.caller import driver_connection
 from agent.store.location import mask_url
-from agent.store.postgres import dlq, insert, maintenance, queue, reads, schema, stats
+from agent.store.postgres import dlq, health, insert, maintenance, queue, reads, schema, stats
 from agent.store.postgres.connection import PgBase
 from agent.store.records import (
     Claimed,
@@ -39,6 +39,7 @@ from agent.store.records import (
     RangeRow,
     ReplayChunk,
     StoreOptions,
+    VacuumHealth,
     WindowRates,
 )
 
@@ -153,6 +154,9 @@ class PostgresStore(PgBase):
 
     def incremental_vacuum(self, *, max_pages: int = 100000, step: int = VACUUM_PAGES) -> int:
         return 0  # autovacuum's job on PostgreSQL (see maintenance.py)
+
+    def vacuum_health(self) -> VacuumHealth:
+        return health.vacuum_health(self)
 
     def counts(self) -> dict[str, int]:
         return stats.counts(self)

@@ -43,6 +43,7 @@ from agent.store.records import (
     NameStats,
     RangeRow,
     ReplayChunk,
+    VacuumHealth,
     WindowRates,
 )
 from agent.store.sqlite import clock, dlq, meters, preview, queue, retention, stats
@@ -151,6 +152,9 @@ class SqliteStore(StoreBase):
 
     def incremental_vacuum(self, *, max_pages: int = 100000, step: int = VACUUM_PAGES) -> int:
         return retention.incremental_vacuum(self, max_pages=max_pages, step=step)
+
+    def vacuum_health(self) -> VacuumHealth | None:
+        return None  # no dead row versions (a delete frees the page) and no server sessions to age
 
     # -- stats.py --------------------------------------------------------------------------
 
