@@ -7,7 +7,10 @@ Every implementation must pass the conformance suite in tests/store/.
 
 Rules every backend keeps (the suite checks each):
 - Every state change is guarded by the source state and, for inflight rows, by the lease owner, and
-  returns how many rows moved: a stale worker can never settle a row claimed again by another.
+  returns how many rows moved: a stale worker can never settle a row claimed again by another. The
+  owner is a claim token: the delivery worker passes `<worker>/<batch id>`, one per claim, to the claim
+  and to every settle of that batch, so even its own later batches are "another" (the store compares
+  the owner exactly, never a prefix).
 - A claim counts the attempt (a crash mid-send still counts it); a refund gives it back.
 - Claim order is event time (`ts`), oldest first, within a byte budget that always admits one row.
 - Dead rows leave the dead state only by `replay` or `purge_dead`; retention never prunes them.

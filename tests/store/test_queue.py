@@ -95,7 +95,7 @@ def test_stale_worker_cannot_move_a_delivered_row(store: OutboxStore) -> None:
 def test_a_lost_lease_claimed_again_cannot_be_settled_by_its_first_owner(store: OutboxStore) -> None:
     """The row is inflight again, under another owner: the first owner's settle must not apply."""
     store.insert_groups([(events("a"), "cli")], 1)
-    [row] = store.claim(now_us=NOW_US, limit=10, max_bytes=BIG, lease_us=1 * US, owner="first")
+    [row] = store.claim(now_us=NOW_US, limit=10, max_bytes=BIG, lease_us=1, owner="first")
     assert store.release_expired(NOW_US + 2 * US) == 1
     [taken] = store.claim(now_us=NOW_US + 2 * US, limit=10, max_bytes=BIG, lease_us=LEASE, owner="second")
     assert taken.id == row.id
@@ -108,6 +108,26 @@ def test_a_lost_lease_claimed_again_cannot_be_settled_by_its_first_owner(store: 
     record = store.get("a")
     assert record is not None and record.state == "inflight" and record.attempts == 2
     assert store.mark_delivered([taken.id], owner="second", now_us=NOW_US + 4 * US) == 1
+
+
+def test_each_claim_of_one_worker_is_its_own_token(store: OutboxStore) -> None:
+    """One worker, two batches (the worker's claims are `<owner>/<batch>`): the batch that lost its
+    lease cannot settle the rows its sibling batch claimed again, by any transition."""
+    store.insert_groups([(events("a", "b"), "cli")], 1)
+    stale = store.claim(now_us=NOW_US, limit=10, max_bytes=BIG, lease_us=1, owner="host:7:w/b1")
+    assert store.release_expired(NOW_US + 2 * US) == 2
+    fresh = store.claim(now_us=NOW_US + 2 * US, limit=10, max_bytes=BIG, lease_us=LEASE, owner="host:7:w/b2")
+    ids = [c.id for c in stale]
+    assert sorted(ids) == sorted(c.id for c in fresh)
+    assert store.mark_retry(ids, owner="host:7:w/b1", next_attempt_us=0, error="503") == 0
+    assert store.mark_delivered(ids, owner="host:7:w/b1", now_us=NOW_US + 3 * US) == 0
+    assert (
+        store.mark_dead(ids, owner="host:7:w/b1", now_us=NOW_US, reason="x", http_status=400, response="")
+        == 0
+    )
+    assert store.mark_retry(ids, owner="host:7:w", next_attempt_us=0, error="503") == 0  # the bare worker
+    assert store.counts()["inflight"] == 2
+    assert store.mark_delivered(ids, owner="host:7:w/b2", now_us=NOW_US + 4 * US) == 2
 
 
 def test_a_pending_row_cannot_be_settled(store: OutboxStore) -> None:
