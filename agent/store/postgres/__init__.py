@@ -12,8 +12,7 @@
 | reads.py       | the meter cache, meter queries, preview range reads                         |
 
 Imported only by `agent.store.open_store` for a `postgresql://` URL: psycopg is the `postgres` extra.
-Leases are timed by the caller's `now_us`, as the interface passes it (see the report of issue 13:
-issue 14 moves them to the database clock).
+Leases are timed by the database clock (`clock_timestamp()`), not the caller's `now_us`: see queue.py.
 """
 
 from __future__ import annotations

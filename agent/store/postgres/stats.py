@@ -118,7 +118,7 @@ def delivered_per_minute(db: Any, now_us: int, *, minutes: int = 60) -> list[int
 
 def explain_claim(db: Any, *, analyze: bool = False) -> list[str]:
     """The plan of the claim query (tests assert it uses the claim index). Rolled back: never claims."""
-    params = {"now": 0, "limit": 10, "until": 0, "owner": "explain", "max_bytes": 1 << 20}
+    params = {"now": 0, "limit": 10, "lease": 0, "owner": "explain", "max_bytes": 1 << 20}
     with db.write() as conn:
         rows = conn.execute(
             ("EXPLAIN (ANALYZE) " if analyze else "EXPLAIN ") + db.q(CLAIM_SQL), params
