@@ -64,6 +64,14 @@ def open_store(location: str | Path, options: StoreOptions | None = None) -> Out
     return SqliteStore(location, options)
 
 
+def migrate(location: str | Path, options: StoreOptions | None = None) -> tuple[int, int]:
+    """Create the outbox at `location` or bring its schema forward, as opening it does, and close it:
+    for teams that run migrations as a deploy step (`dodo-outbox migrate`). Returns (the version
+    found, 0 when it created the outbox; the version it is at now). Raises as `open_store` does."""
+    with open_store(location, options) as store:
+        return store.schema_versions
+
+
 def check_outbox(location: Path, *, full: bool = True, limit: int = 20) -> Health:
     """The integrity of the outbox at `location`, read without writing it (`dodo-outbox doctor`)."""
     return _damage.check(location, full=full, limit=limit)
@@ -105,6 +113,7 @@ __all__ = [
     "check_outbox",
     "is_postgres_url",
     "mask_url",
+    "migrate",
     "open_store",
     "quarantine",
     "salvage",

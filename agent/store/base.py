@@ -64,6 +64,12 @@ class OutboxStore(Protocol):
     @property
     def closed(self) -> bool: ...
 
+    @property
+    def schema_versions(self) -> tuple[int, int]:
+        """(the schema version this store found when it opened, 0 when it created the outbox; the
+        version it brought it to). `agent.store.migrate` reports these."""
+        ...
+
     def close(self) -> None:
         """Release the store. Safe to call twice."""
         ...

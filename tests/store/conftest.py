@@ -25,7 +25,7 @@ BACKENDS = ["sqlite", "postgres"]
 try:
     import psycopg  # noqa: F401
 except ImportError:  # without the postgres extra: the conformance params skip (see postgres_url)
-    collect_ignore = ["test_postgres.py", "test_postgres_leases.py"]
+    collect_ignore = ["test_postgres.py", "test_postgres_leases.py", "test_pg_schema.py"]
 
 StoreFactory = Callable[[], OutboxStore]
 """Opens (again) the one outbox of the test; every store it opened is closed after the test."""

@@ -1,5 +1,7 @@
 """Retention and clock repair on PostgreSQL: bounded deletes, table sizes, stored instants moved back.
 
+Delivered rows are in `dodo_outbox_delivered` (schema v2), so pruning them never touches the hot table.
+
 Free space is PostgreSQL's to manage (autovacuum, tuned on the events table for a queue), so
 `incremental_vacuum` has nothing to do here and returns 0; `file_stats` reports the outbox tables'
 size in blocks.
@@ -32,8 +34,7 @@ def prune_delivered(
 ) -> int:
     return delete_chunks(
         db,
-        f"DELETE FROM {{ev}} WHERE state = '{State.DELIVERED}' AND id IN (SELECT id FROM {{ev}} "
-        f"WHERE state = '{State.DELIVERED}' AND settled_at < %s LIMIT %s)",
+        "DELETE FROM {dv} WHERE id IN (SELECT id FROM {dv} WHERE settled_at < %s LIMIT %s)",
         [settled_before_us],
         chunk,
         max_chunks,

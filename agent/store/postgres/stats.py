@@ -20,8 +20,13 @@ KV_UPSERT = (
 def counts(db: Any) -> dict[str, int]:
     found = dict.fromkeys(("pending", "inflight", "delivered", "dead"), 0)
     with db.read() as conn:
-        for state, n in conn.execute(db.q("SELECT state, count(*) FROM {ev} GROUP BY state")).fetchall():
-            found[str(state)] = int(n)
+        for state, n in conn.execute(
+            db.q(
+                "SELECT state, count(*) FROM {ev} GROUP BY state "
+                "UNION ALL SELECT state, count(*) FROM {dv} GROUP BY state"
+            )
+        ).fetchall():
+            found[str(state)] += int(n)
     return found
 
 
@@ -46,7 +51,11 @@ def oldest_pending_enqueued_us(db: Any) -> int | None:
 def get(db: Any, event_id: str) -> EventRecord | None:
     with db.read() as conn:
         row = conn.execute(
-            db.q(f"SELECT {ROW_COLUMNS} FROM {{ev}} WHERE event_id = %s"), (event_id,)
+            db.q(
+                f"SELECT {ROW_COLUMNS} FROM {{ev}} WHERE event_id = %(id)s UNION ALL "
+                f"SELECT {ROW_COLUMNS} FROM {{dv}} WHERE event_id = %(id)s LIMIT 1"
+            ),
+            {"id": event_id},
         ).fetchone()
     return None if row is None else record_from_row(row)
 
