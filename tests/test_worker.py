@@ -557,7 +557,7 @@ def test_a_stale_batch_of_a_worker_cannot_settle_rows_the_same_worker_claimed_ag
 ) -> None:
     put(store, [event(i) for i in range(3)])
     gated = _GatedSettles(store, 2)
-    worker = make_worker(gated, make_settings(fake.url, lease_seconds=1, max_in_flight=1))  # type: ignore[arg-type]
+    worker = make_worker(gated, make_settings(fake.url, lease_seconds=1, max_in_flight=1))
     t = time.time()
     results: dict[str, Any] = {}
     with capture_logs() as logs:

@@ -1,8 +1,13 @@
-"""The catalog of one PostgreSQL schema as plain data, to compare a migrated schema with a fresh one."""
+"""PostgreSQL schema helpers for tests: its catalog as plain data (to compare a migrated schema with a
+fresh one), and building a schema exactly as an older version created it."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import psycopg
+
+from agent.store.postgres import schema as pg_schema_module
 
 
 def catalog(conn: Any, schema: str) -> dict[str, Any]:
@@ -39,3 +44,15 @@ def catalog(conn: Any, schema: str) -> dict[str, Any]:
             "WHERE n.nspname = %(s)s"
         ),
     }
+
+
+def tables_of(schema: str) -> dict[str, str]:
+    names = ("events", "delivered", "requests", "kv", "meters")
+    keys = ("ev", "dv", "rq", "kv", "mt")
+    return {"ns": schema, **{k: f"{schema}.dodo_outbox_{n}" for k, n in zip(keys, names, strict=True)}}
+
+
+def build_at(postgres_url: str, schema: str, version: int) -> None:
+    """A schema exactly as dodo-outbox `version` created it fresh (the shipped v1, then its steps)."""
+    with psycopg.connect(postgres_url) as conn:
+        pg_schema_module.migrate(conn, schema, tables_of(schema), target=version)

@@ -17,7 +17,7 @@ from agent.store.postgres import PostgresStore
 from agent.store.postgres import schema as pg_schema_module
 from agent.store.postgres.queue import MOVE_SQL
 from tests.store.helpers import BIG, LEASE, NOW_US, US, events
-from tests.store.pg_catalog import catalog
+from tests.store.pg_catalog import build_at, catalog
 from tests.waiting import wait_until
 
 
@@ -34,18 +34,6 @@ def schemas(postgres_url: str) -> Iterator[list[str]]:
 def new_schema(names: list[str]) -> str:
     names.append("m_" + uuid.uuid4().hex[:16])
     return names[-1]
-
-
-def tables_of(schema: str) -> dict[str, str]:
-    names = ("events", "delivered", "requests", "kv", "meters")
-    keys = ("ev", "dv", "rq", "kv", "mt")
-    return {"ns": schema, **{k: f"{schema}.dodo_outbox_{n}" for k, n in zip(keys, names, strict=True)}}
-
-
-def build_at(postgres_url: str, schema: str, version: int) -> None:
-    """A schema exactly as dodo-outbox `version` created it fresh (the shipped v1, then its steps)."""
-    with psycopg.connect(postgres_url) as conn:
-        pg_schema_module.migrate(conn, schema, tables_of(schema), target=version)
 
 
 def fill_v1(postgres_url: str, schema: str) -> None:
@@ -160,14 +148,14 @@ def test_an_enqueue_racing_the_move_stores_a_second_copy_that_delivers_harmlessl
     results: list[Any] = []
     with psycopg.connect(postgres_url) as mover:
         params = {"owner": "w", "ids": [row.id], "now": NOW_US, "restamped": []}
-        assert mover.execute(pg.q(MOVE_SQL), params).fetchone()[0] == 1  # moved, not committed
+        assert mover.execute(pg.q(MOVE_SQL), params).fetchone() == (1,)  # moved, not committed
         thread = threading.Thread(
             target=lambda: results.append(pg.insert_groups([(events("a"), "cli")], NOW_US))
         )
         thread.start()
         with psycopg.connect(postgres_url, autocommit=True) as watcher:
             wait_until(
-                lambda: watcher.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0] > 0,
+                lambda: watcher.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone() != (0,),
                 what="the enqueue to wait on the row being moved",
             )
         mover.commit()

@@ -28,9 +28,9 @@ def pg(postgres_url: str, pg_schema: str) -> Iterator[PostgresStore]:
 
 def server_now_us(pg: PostgresStore) -> int:
     with pg.read() as conn:
-        return int(
-            conn.execute("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint").fetchone()[0]
-        )
+        row = conn.execute("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def test_a_claim_from_a_host_hours_behind_still_leases_by_the_server_clock(pg: PostgresStore) -> None:
