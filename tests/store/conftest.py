@@ -118,3 +118,14 @@ def caller_transaction(backend: str, location: Location) -> Iterator[Callable[[]
     yield begin
     for conn in connections:
         conn.close()
+
+
+@pytest.fixture
+def pg(postgres_url: str, pg_schema: str) -> Iterator[Any]:
+    """A PostgresStore on a fresh schema, for the PostgreSQL-only tests (test_postgres*.py, test_pg_*.py)."""
+    from agent.store.postgres import PostgresStore
+
+    store = open_store(postgres_url, StoreOptions(schema=pg_schema))
+    assert isinstance(store, PostgresStore)
+    yield store
+    store.close()

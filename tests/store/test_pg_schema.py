@@ -86,14 +86,6 @@ def test_migrating_v1_moves_its_delivered_rows_and_keeps_every_row(
     assert [r[0] for r in hot] == ["p", "x"]
 
 
-@pytest.fixture
-def pg(postgres_url: str, pg_schema: str) -> Iterator[PostgresStore]:
-    store = open_store(postgres_url, StoreOptions(schema=pg_schema))
-    assert isinstance(store, PostgresStore)
-    yield store
-    store.close()
-
-
 def hot_and_delivered(pg: PostgresStore) -> tuple[list[str], list[str]]:
     with pg.read() as conn:
         hot = conn.execute(pg.q("SELECT event_id FROM {ev} ORDER BY 1")).fetchall()

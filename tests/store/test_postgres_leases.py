@@ -5,25 +5,13 @@ clock: tests/store/test_sqlite.py.)"""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
-import pytest
-
-from agent.store import StoreOptions, open_store
 from agent.store.postgres import PostgresStore
 from agent.timestamps import US, to_us
 from tests.store.helpers import BIG, LEASE, events
 from tests.waiting import wait_until
 
 HOURS_OFF = 3 * 3600 * US
-
-
-@pytest.fixture
-def pg(postgres_url: str, pg_schema: str) -> Iterator[PostgresStore]:
-    store = open_store(postgres_url, StoreOptions(schema=pg_schema))
-    assert isinstance(store, PostgresStore)
-    yield store
-    store.close()
 
 
 def server_now_us(pg: PostgresStore) -> int:
