@@ -64,14 +64,6 @@ def open_store(location: str | Path, options: StoreOptions | None = None) -> Out
     return SqliteStore(location, options)
 
 
-def migrate(location: str | Path, options: StoreOptions | None = None) -> tuple[int, int]:
-    """Create the outbox at `location` or bring its schema forward, as opening it does, and close it:
-    for teams that run migrations as a deploy step (`dodo-outbox migrate`). Returns (the version
-    found, 0 when it created the outbox; the version it is at now). Raises as `open_store` does."""
-    with open_store(location, options) as store:
-        return store.schema_versions
-
-
 def check_outbox(location: Path, *, full: bool = True, limit: int = 20) -> Health:
     """The integrity of the outbox at `location`, read without writing it (`dodo-outbox doctor`)."""
     return _damage.check(location, full=full, limit=limit)
@@ -87,6 +79,14 @@ def salvage(source: Path, target: OutboxStore, now_us: int) -> SalvageReport:
     if not isinstance(target, SqliteStore):
         raise TypeError(f"salvage copies into an SQLite outbox, not {type(target).__name__}")
     return _salvage.salvage(source, target, now_us)
+
+
+def migrate(location: str | Path, options: StoreOptions | None = None) -> tuple[int, int]:
+    """Create the outbox at `location` or bring its schema forward, as opening it does, and close it:
+    for teams that run migrations as a deploy step (`dodo-outbox migrate`). Returns (the version
+    found, 0 when it created the outbox; the version it is at now). Raises as `open_store` does."""
+    with open_store(location, options) as store:
+        return store.schema_versions
 
 
 __all__ = [
