@@ -15,7 +15,7 @@ import pytest
 
 from agent.errors import OutboxCorruptError
 from agent.events import Event, validate_many
-from agent.store import SCHEMA_VERSION, SqliteStore, Store, StoreOptions, open_store
+from agent.store import SCHEMA_VERSION, SqliteStore, Store, StoreOptions, migrate, open_store
 from agent.store.sqlite import schema
 
 NOW = time.time()
@@ -145,3 +145,13 @@ def test_leases_follow_the_callers_clock_and_its_repair(store: Store) -> None:
     assert store.cap_future(now_us=now, max_delay_us=3600 * US, lease_us=60 * US) == 1  # "c"'s lease
     capped = store.get("c")
     assert capped is not None and capped.lease_until_us == now + 60 * US
+
+
+def test_migrate_reports_the_version_an_older_file_was_brought_from(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "o.db")
+    with conn:
+        for statement in schema._statements(schema.MIGRATIONS[0]):  # a v1 outbox
+            conn.execute(statement)
+    conn.close()
+    assert migrate(tmp_path / "o.db") == (1, SCHEMA_VERSION)
+    assert migrate(tmp_path / "o.db") == (SCHEMA_VERSION, SCHEMA_VERSION)

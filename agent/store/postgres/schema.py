@@ -23,7 +23,8 @@ from agent.timestamps import to_us
 # The hot table is a queue: every row is updated at claim and deleted (moved) at delivery, so it
 # churns through dead tuples at the delivery rate. Autovacuum triggers on a fixed count of them
 # (scale factor 0: a large backlog must not postpone it to 1% of millions), runs without cost delays
-# (a vacuum that sleeps lets the claim index bloat), and analyze follows the same churn.
+# (a vacuum that sleeps lets the claim index bloat), and analyze follows the same churn. No fillfactor:
+# a claim changes `state`, which the partial indexes' predicates read, so it is never a HOT update.
 CURRENT = """
 CREATE TABLE {ev} (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
