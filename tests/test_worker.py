@@ -530,6 +530,57 @@ def test_a_settle_after_a_lost_lease_is_logged_not_raised(store: Store, fake: Em
     other.close()
 
 
+class _GatedSettles:
+    """The store, with each `mark_delivered` held at a gate until the test opens it (in call order)."""
+
+    def __init__(self, store: Store, gates: int) -> None:
+        self._store = store
+        self.arrived = [threading.Event() for _ in range(gates)]
+        self.open = [threading.Event() for _ in range(gates)]
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def mark_delivered(self, ids: Any, **kw: Any) -> int:
+        with self._lock:
+            n, self._calls = self._calls, self._calls + 1
+        if n < len(self.open):
+            self.arrived[n].set()
+            assert self.open[n].wait(PATIENCE), "the test never opened the gate"
+        return int(self._store.mark_delivered(ids, **kw))
+
+
+def test_a_stale_batch_of_a_worker_cannot_settle_rows_the_same_worker_claimed_again(
+    store: Store, fake: EmulatorServer
+) -> None:
+    put(store, [event(i) for i in range(3)])
+    gated = _GatedSettles(store, 2)
+    worker = make_worker(gated, make_settings(fake.url, lease_seconds=1, max_in_flight=1))
+    t = time.time()
+    results: dict[str, Any] = {}
+    with capture_logs() as logs:
+        stale = threading.Thread(target=lambda: results.update(stale=worker.drain_once(now=t)))
+        stale.start()  # claims all three, sends, and its answer waits at the first gate
+        assert gated.arrived[0].wait(PATIENCE)
+        # The same worker's next drain: the stale batch's lease has run out by its clock; it takes
+        # the rows back under a claim of its own, sends them, and waits at the second gate.
+        fresh = threading.Thread(target=lambda: results.update(fresh=worker.drain_once(now=t + 5)))
+        fresh.start()
+        assert gated.arrived[1].wait(PATIENCE)
+        gated.open[0].set()  # the stale batch's late answer settles first
+        stale.join(PATIENCE)
+        gated.open[1].set()
+        fresh.join(PATIENCE)
+    assert results["fresh"].released == 3
+    assert results["stale"].delivered == 0  # before per-claim tokens: 3, rows it no longer held
+    assert results["fresh"].delivered == 3
+    assert [e for e in logs if e["event"] == "lease_lost"] != []
+    assert {r["state"] for r in rows(store).values()} == {"delivered"}
+    worker.close()
+
+
 WORKER_SCRIPT = """
 import sys
 from agent.config import DeliverySettings, DodoSettings, Settings

@@ -13,7 +13,7 @@ import click
 from rich.markup import escape
 
 from agent import __version__
-from agent.cli import bench, billing, common, core, doctor, drain, ops, run
+from agent.cli import bench, billing, common, core, doctor, drain, migrate, ops, run
 from agent.cli import meters as meters_cli
 from agent.errors import ConfigError, DodoOutboxError, OutboxCorruptError, OutboxError
 
@@ -52,7 +52,7 @@ def cli() -> None:
     """
 
 
-for module in (core, run, drain, ops, meters_cli, billing, bench, doctor):
+for module in (core, run, drain, ops, meters_cli, billing, bench, doctor, migrate):
     for command in module.COMMANDS:
         cli.add_command(command)
 

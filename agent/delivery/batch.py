@@ -59,7 +59,11 @@ class DrainReport(Counts):
 class Batch:
     """One claimed batch, ready to send: rows in claim order, the payload each sends, the ids of
     rows sent without their (too old) timestamp, and the ``expired`` rows that are not sent at all
-    (late under ``late_events = dead_letter``: settle dead-letters them)."""
+    (late under ``late_events = dead_letter``: settle dead-letters them).
+
+    ``owner`` is the claim token the rows were leased under (the worker's owner and the batch id):
+    every settle of this batch is guarded by it, so a batch that stalled past its lease can never move
+    rows a later claim (even one of the same worker) holds now. Empty: the settler's own owner."""
 
     rows: list[Claimed]
     payloads: list[str]
@@ -67,6 +71,7 @@ class Batch:
     batch_id: str = ""
     counts: Counts = field(default_factory=Counts)
     expired: list[Claimed] = field(default_factory=list)
+    owner: str = ""
 
     def swap(self, i: int, j: int) -> None:
         """Exchange two rows (and their payloads): the order inside a request does not matter."""
@@ -74,7 +79,9 @@ class Batch:
         self.payloads[i], self.payloads[j] = self.payloads[j], self.payloads[i]
 
 
-def prepare(rows: list[Claimed], now: float, settings: DeliverySettings, batch_id: str) -> Batch:
+def prepare(
+    rows: list[Claimed], now: float, settings: DeliverySettings, batch_id: str, owner: str = ""
+) -> Batch:
     """Apply the late-event policy to claimed rows at ``now`` (epoch seconds): the batch to send.
 
     A row is late when :func:`~agent.delivery.backoff.is_late` says so (its event time is older than
@@ -87,12 +94,12 @@ def prepare(rows: list[Claimed], now: float, settings: DeliverySettings, batch_i
     payloads = [row.payload for row in rows]
     late = [i for i, row in enumerate(rows) if from_us(row.ts_us) < cutoff]
     if not late:
-        return Batch(rows, payloads, batch_id=batch_id)
+        return Batch(rows, payloads, batch_id=batch_id, owner=owner)
     if settings.late_events == "dead_letter":
         gone = set(late)
         keep = [row for i, row in enumerate(rows) if i not in gone]
         expired = [rows[i] for i in late]
-        return Batch(keep, [row.payload for row in keep], batch_id=batch_id, expired=expired)
+        return Batch(keep, [row.payload for row in keep], batch_id=batch_id, expired=expired, owner=owner)
     restamped: set[int] = set()
     for i in late:
         try:
@@ -100,4 +107,4 @@ def prepare(rows: list[Claimed], now: float, settings: DeliverySettings, batch_i
             restamped.add(rows[i].id)
         except ValueError:
             pass  # not canonical: send it as stored; Dodo's answer decides (bisection isolates it)
-    return Batch(rows, payloads, frozenset(restamped), batch_id)
+    return Batch(rows, payloads, frozenset(restamped), batch_id, owner=owner)

@@ -66,6 +66,10 @@ class Settler:
         self.breaker = breaker
         self.rand = rand
 
+    def owner_of(self, b: Batch) -> str:
+        """The claim token guarding every settle of ``b``: the one its rows were claimed under."""
+        return b.owner or self.owner
+
     def expire(self, b: Batch, now: float) -> None:
         """Dead-letter ``b.expired`` as ``expired``: too late to send (``late_events = dead_letter``)."""
         s = self.settings
@@ -89,7 +93,9 @@ class Settler:
         common = {"batch_id": b.batch_id, "part": path or "-", "events": len(ids), "status": result.status}
         if outcome is Outcome.DELIVERED:
             restamped = [i for i in ids if i in b.restamped] if b.restamped else []
-            moved = self.store.mark_delivered(ids, owner=self.owner, now_us=to_us(now), restamped=restamped)
+            moved = self.store.mark_delivered(
+                ids, owner=self.owner_of(b), now_us=to_us(now), restamped=restamped
+            )
             duplicates = 0
             if result.ingested_count is not None and result.ingested_count < len(ids):
                 duplicates = len(ids) - result.ingested_count
@@ -112,7 +118,7 @@ class Settler:
             delay = self._retry_delay(b, rows, result, now)
             moved = self.store.mark_retry(
                 ids,
-                owner=self.owner,
+                owner=self.owner_of(b),
                 next_attempt_us=to_us(now + delay),
                 error=_error_text(result),
                 refund=False,
@@ -152,7 +158,7 @@ class Settler:
         http_status = None if refusal is None else refusal[0].status
         moved = self.store.mark_dead(
             ids,
-            owner=self.owner,
+            owner=self.owner_of(b),
             now_us=to_us(now),
             reason=reason,
             http_status=http_status,
@@ -203,7 +209,7 @@ class Settler:
         """Back to pending, due at ``due``, attempt given back: nothing was learnt about these events."""
         ids = [row.id for row in b.rows[lo:hi]]
         moved = self.store.mark_retry(
-            ids, owner=self.owner, next_attempt_us=to_us(due), error=why, refund=True
+            ids, owner=self.owner_of(b), next_attempt_us=to_us(due), error=why, refund=True
         )
         self._check_lease(b, moved, len(ids), "")
 

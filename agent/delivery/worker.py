@@ -196,18 +196,22 @@ class Worker:
         for _ in range(batches):
             if stop.is_set():
                 break
+            batch_id = uuid.uuid4().hex[:12]
+            # Each claim its own token: a batch of this worker that stalls past its lease can never
+            # settle the rows a later batch (of this worker too) claimed again.
+            claim_owner = f"{self.owner}/{batch_id}"
             rows = self.store.claim(
                 now_us=base_us,
                 limit=d.batch_max_events,
                 max_bytes=d.batch_max_bytes - BODY_OVERHEAD,
                 lease_us=to_us(d.lease_seconds),
-                owner=self.owner,
+                owner=claim_owner,
             )
             if not rows:
                 exhausted = True
                 break
             report.claimed += len(rows)
-            batch = prepare(rows, base, d, uuid.uuid4().hex[:12])
+            batch = prepare(rows, base, d, batch_id, claim_owner)
             if batches == 1:
                 inline.append(batch)
             else:

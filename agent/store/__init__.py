@@ -119,6 +119,14 @@ def salvage(source: Path, target: OutboxStore, now_us: int) -> SalvageReport:
     return _salvage.salvage(source, target, now_us)
 
 
+def migrate(location: str | Path, options: StoreOptions | None = None) -> tuple[int, int]:
+    """Create the outbox at `location` or bring its schema forward, as opening it does, and close it:
+    for teams that run migrations as a deploy step (`dodo-outbox migrate`). Returns (the version
+    found, 0 when it created the outbox; the version it is at now). Raises as `open_store` does."""
+    with open_store(location, options) as store:
+        return store.schema_versions
+
+
 __all__ = [
     "SCHEMA_VERSION",
     "Claimed",
@@ -146,6 +154,7 @@ __all__ = [
     "inspect_postgres",
     "is_postgres_url",
     "mask_url",
+    "migrate",
     "open_store",
     "outbox_exists",
     "parse_location",

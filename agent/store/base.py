@@ -7,11 +7,18 @@ Every implementation must pass the conformance suite in tests/store/.
 
 Rules every backend keeps (the suite checks each):
 - Every state change is guarded by the source state and, for inflight rows, by the lease owner, and
-  returns how many rows moved: a stale worker can never settle a row claimed again by another.
+  returns how many rows moved: a stale worker can never settle a row claimed again by another. The
+  owner is a claim token: the delivery worker passes `<worker>/<batch id>`, one per claim, to the claim
+  and to every settle of that batch, so even its own later batches are "another" (the store compares
+  the owner exactly, never a prefix).
 - A claim counts the attempt (a crash mid-send still counts it); a refund gives it back.
 - Claim order is event time (`ts`), oldest first, within a byte budget that always admits one row.
 - Dead rows leave the dead state only by `replay` or `purge_dead`; retention never prunes them.
 - Times are microseconds since the epoch (`agent.timestamps.US`).
+- Which clock times a lease is the backend's: SQLite (one agent per file) uses the caller's `now_us`;
+  PostgreSQL (several agents, several hosts) uses its own clock, `clock_timestamp()`, for `claim`'s
+  `lease_until` and for `release_expired`, and ignores `now_us` there. The due check of `claim`
+  (`next_attempt_at <= now_us`) uses the caller's clock on both: callers write `next_attempt_at`.
 """
 
 from __future__ import annotations
@@ -57,6 +64,12 @@ class OutboxStore(Protocol):
     @property
     def closed(self) -> bool: ...
 
+    @property
+    def schema_versions(self) -> tuple[int, int]:
+        """(the schema version this store found when it opened, 0 when it created the outbox; the
+        version it brought it to). `agent.store.migrate` reports these."""
+        ...
+
     def close(self) -> None:
         """Release the store. Safe to call twice."""
         ...
@@ -85,8 +98,9 @@ class OutboxStore(Protocol):
     # -- the queue: claim and the guarded transitions ---------------------------------------------
 
     def claim(self, *, now_us: int, limit: int, max_bytes: int, lease_us: int, owner: str) -> list[Claimed]:
-        """Lease up to `limit` due pending rows, oldest event time first, within `max_bytes` (at least
-        one row). Counts the attempt now."""
+        """Lease up to `limit` pending rows due by `now_us`, oldest event time first, within `max_bytes`
+        (at least one row), for `lease_us` (from `now_us` on SQLite, from the database clock on
+        PostgreSQL). Counts the attempt now."""
         ...
 
     def mark_delivered(
@@ -115,7 +129,8 @@ class OutboxStore(Protocol):
         ...
 
     def release_expired(self, now_us: int) -> int:
-        """inflight rows whose lease passed → pending, due now. Returns how many."""
+        """inflight rows whose lease passed → pending, due now. Returns how many. "Passed" is by
+        `now_us` on SQLite, by the database clock on PostgreSQL (which ignores `now_us`)."""
         ...
 
     def backlog(self) -> int:
@@ -223,6 +238,12 @@ class OutboxStore(Protocol):
 
     # -- clock repair -------------------------------------------------------------------------------
 
-    def shift_back(self, *, now_us: int, step_us: int) -> int: ...
+    def shift_back(self, *, now_us: int, step_us: int) -> int:
+        """The caller's clock stepped back `step_us`: future retry times (and, where leases are on the
+        caller's clock, leases) come that much closer, never before `now_us`. Returns rows moved."""
+        ...
 
-    def cap_future(self, *, now_us: int, max_delay_us: int, lease_us: int) -> int: ...
+    def cap_future(self, *, now_us: int, max_delay_us: int, lease_us: int) -> int:
+        """Retries due later than `now_us + max_delay_us` become due now; leases longer than `lease_us`
+        from now (by the clock that times leases) end then. Returns rows moved."""
+        ...

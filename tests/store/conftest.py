@@ -25,7 +25,7 @@ BACKENDS = ["sqlite", "postgres"]
 try:
     import psycopg  # noqa: F401
 except ImportError:  # without the postgres extra: the conformance params skip (see postgres_url)
-    collect_ignore = ["test_postgres.py"]
+    collect_ignore = ["test_postgres.py", "test_postgres_leases.py", "test_pg_schema.py"]
 
 StoreFactory = Callable[[], OutboxStore]
 """Opens (again) the one outbox of the test; every store it opened is closed after the test."""
@@ -118,3 +118,14 @@ def caller_transaction(backend: str, location: Location) -> Iterator[Callable[[]
     yield begin
     for conn in connections:
         conn.close()
+
+
+@pytest.fixture
+def pg(postgres_url: str, pg_schema: str) -> Iterator[Any]:
+    """A PostgresStore on a fresh schema, for the PostgreSQL-only tests (test_postgres*.py, test_pg_*.py)."""
+    from agent.store.postgres import PostgresStore
+
+    store = open_store(postgres_url, StoreOptions(schema=pg_schema))
+    assert isinstance(store, PostgresStore)
+    yield store
+    store.close()

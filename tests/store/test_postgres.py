@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -21,19 +19,9 @@ from tests.store.helpers import BIG, LEASE, NOW_US, events
 
 
 @pytest.fixture
-def schema(postgres_url: str) -> Iterator[str]:
-    name = "p_" + uuid.uuid4().hex[:16]
-    yield name
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-
-
-@pytest.fixture
-def pg(postgres_url: str, schema: str) -> Iterator[PostgresStore]:
-    store = open_store(postgres_url, StoreOptions(schema=schema))
-    assert isinstance(store, PostgresStore)
-    yield store
-    store.close()
+def schema(pg_schema: str) -> str:
+    """The test's schema (the conftest's `pg` store lives in it)."""
+    return pg_schema
 
 
 def test_the_claim_uses_its_index_at_100k_rows(pg: PostgresStore, postgres_url: str, schema: str) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from agent.store import OutboxStore, State
+from agent.timestamps import to_us
 from tests.store.helpers import BIG, LEASE, NOW, NOW_US, US, events
 
 
@@ -37,11 +40,16 @@ def test_claim_respects_byte_budget_but_always_takes_one(store: OutboxStore) -> 
 def test_claimed_rows_carry_what_the_sender_needs(store: OutboxStore) -> None:
     [event] = events("a")
     store.insert_groups([([event], "cli")], 7)
-    [row] = store.claim(now_us=NOW_US, limit=10, max_bytes=BIG, lease_us=LEASE, owner="w")
+    before = to_us(time.time())
+    [row] = store.claim(now_us=before, limit=10, max_bytes=BIG, lease_us=LEASE, owner="w")
+    after = to_us(time.time())
     assert (row.event_id, row.ts_us, row.payload, row.enqueued_at_us) == ("a", event.ts_us, event.payload, 7)
     record = store.get("a")
     assert record is not None and record.state == State.INFLIGHT
-    assert record.lease_until_us == NOW_US + LEASE
+    # now + lease by the clock that times leases: the caller's, or (PostgreSQL) the server's, which
+    # for the test's server on this host reads the same wall clock (1 ms for rounding).
+    assert record.lease_until_us is not None
+    assert before + LEASE - 1000 <= record.lease_until_us <= after + LEASE + 1000
 
 
 def test_claim_skips_rows_not_yet_due(store: OutboxStore) -> None:
@@ -70,7 +78,7 @@ def test_refund_gives_the_attempt_back(store: OutboxStore) -> None:
 def test_stale_worker_cannot_move_a_delivered_row(store: OutboxStore) -> None:
     store.insert_groups([(events("a"), "cli")], 1)
     now = NOW_US
-    [row] = store.claim(now_us=now, limit=10, max_bytes=BIG, lease_us=1 * US, owner="stale")
+    [row] = store.claim(now_us=now, limit=10, max_bytes=BIG, lease_us=1, owner="stale")
     # The stale worker's lease expires; another worker takes the row over and delivers it.
     assert store.release_expired(now + 2 * US) == 1
     [taken] = store.claim(now_us=now + 2 * US, limit=10, max_bytes=BIG, lease_us=LEASE, owner="fresh")
@@ -95,7 +103,7 @@ def test_stale_worker_cannot_move_a_delivered_row(store: OutboxStore) -> None:
 def test_a_lost_lease_claimed_again_cannot_be_settled_by_its_first_owner(store: OutboxStore) -> None:
     """The row is inflight again, under another owner: the first owner's settle must not apply."""
     store.insert_groups([(events("a"), "cli")], 1)
-    [row] = store.claim(now_us=NOW_US, limit=10, max_bytes=BIG, lease_us=1 * US, owner="first")
+    [row] = store.claim(now_us=NOW_US, limit=10, max_bytes=BIG, lease_us=1, owner="first")
     assert store.release_expired(NOW_US + 2 * US) == 1
     [taken] = store.claim(now_us=NOW_US + 2 * US, limit=10, max_bytes=BIG, lease_us=LEASE, owner="second")
     assert taken.id == row.id
@@ -108,6 +116,26 @@ def test_a_lost_lease_claimed_again_cannot_be_settled_by_its_first_owner(store: 
     record = store.get("a")
     assert record is not None and record.state == "inflight" and record.attempts == 2
     assert store.mark_delivered([taken.id], owner="second", now_us=NOW_US + 4 * US) == 1
+
+
+def test_each_claim_of_one_worker_is_its_own_token(store: OutboxStore) -> None:
+    """One worker, two batches (the worker's claims are `<owner>/<batch>`): the batch that lost its
+    lease cannot settle the rows its sibling batch claimed again, by any transition."""
+    store.insert_groups([(events("a", "b"), "cli")], 1)
+    stale = store.claim(now_us=NOW_US, limit=10, max_bytes=BIG, lease_us=1, owner="host:7:w/b1")
+    assert store.release_expired(NOW_US + 2 * US) == 2
+    fresh = store.claim(now_us=NOW_US + 2 * US, limit=10, max_bytes=BIG, lease_us=LEASE, owner="host:7:w/b2")
+    ids = [c.id for c in stale]
+    assert sorted(ids) == sorted(c.id for c in fresh)
+    assert store.mark_retry(ids, owner="host:7:w/b1", next_attempt_us=0, error="503") == 0
+    assert store.mark_delivered(ids, owner="host:7:w/b1", now_us=NOW_US + 3 * US) == 0
+    assert (
+        store.mark_dead(ids, owner="host:7:w/b1", now_us=NOW_US, reason="x", http_status=400, response="")
+        == 0
+    )
+    assert store.mark_retry(ids, owner="host:7:w", next_attempt_us=0, error="503") == 0  # the bare worker
+    assert store.counts()["inflight"] == 2
+    assert store.mark_delivered(ids, owner="host:7:w/b2", now_us=NOW_US + 4 * US) == 2
 
 
 def test_a_pending_row_cannot_be_settled(store: OutboxStore) -> None:
@@ -132,7 +160,7 @@ def test_settle_counts_only_the_rows_that_moved(store: OutboxStore) -> None:
 def test_release_expired_only_touches_expired_leases(store: OutboxStore) -> None:
     store.insert_groups([(events("a", "b"), "cli")], 1)
     now = NOW_US
-    store.claim(now_us=now, limit=1, max_bytes=BIG, lease_us=10 * US, owner="w1")
+    store.claim(now_us=now, limit=1, max_bytes=BIG, lease_us=1, owner="w1")
     store.claim(now_us=now, limit=1, max_bytes=BIG, lease_us=100 * US, owner="w2")
     assert store.release_expired(now + 50 * US) == 1
     assert store.counts() == {"pending": 1, "inflight": 1, "delivered": 0, "dead": 0}

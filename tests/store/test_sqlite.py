@@ -15,7 +15,7 @@ import pytest
 
 from agent.errors import OutboxCorruptError
 from agent.events import Event, validate_many
-from agent.store import SCHEMA_VERSION, SqliteStore, Store, StoreOptions, open_store
+from agent.store import SCHEMA_VERSION, SqliteStore, Store, StoreOptions, migrate, open_store
 from agent.store.sqlite import schema
 
 NOW = time.time()
@@ -124,3 +124,34 @@ def test_open_store_gives_the_sqlite_backend_for_a_path(tmp_path: Path) -> None:
     with open_store(tmp_path / "f.db") as opened:
         assert isinstance(opened, SqliteStore) and opened.path == tmp_path / "f.db"
     assert opened.closed
+
+
+def test_leases_follow_the_callers_clock_and_its_repair(store: Store) -> None:
+    """SQLite (one agent per file) times leases by the caller's `now_us`, so a step back of that
+    clock is repaired on leases too (PostgreSQL: tests/store/test_postgres_leases.py)."""
+    now = int(NOW * US)
+    store.insert_groups([(events("r", "l", "c"), "cli")], 1)
+    rows = {
+        c.event_id: c
+        for c in store.claim(now_us=now, limit=2, max_bytes=1 << 20, lease_us=100 * US, owner="w")
+    }
+    assert store.get("l") is not None and store.get("l").lease_until_us == now + 100 * US  # type: ignore[union-attr]
+    assert store.release_expired(now + 99 * US) == 0
+    store.mark_retry([rows["r"].id], owner="w", next_attempt_us=now + 600 * US, error="503")
+    assert store.shift_back(now_us=now, step_us=300 * US) == 2  # the retry and the lease
+    leased = store.get("l")
+    assert leased is not None and leased.lease_until_us == now  # never before now
+    store.claim(now_us=now, limit=1, max_bytes=1 << 20, lease_us=10**4 * US, owner="w")
+    assert store.cap_future(now_us=now, max_delay_us=3600 * US, lease_us=60 * US) == 1  # "c"'s lease
+    capped = store.get("c")
+    assert capped is not None and capped.lease_until_us == now + 60 * US
+
+
+def test_migrate_reports_the_version_an_older_file_was_brought_from(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "o.db")
+    with conn:
+        for statement in schema._statements(schema.MIGRATIONS[0]):  # a v1 outbox
+            conn.execute(statement)
+    conn.close()
+    assert migrate(tmp_path / "o.db") == (1, SCHEMA_VERSION)
+    assert migrate(tmp_path / "o.db") == (SCHEMA_VERSION, SCHEMA_VERSION)

@@ -3,17 +3,18 @@
 | module         | concern                                                                  |
 |----------------|--------------------------------------------------------------------------|
 | connection.py  | `PgBase`: the pool, `write()`/`read()`, errors as ours, the masked URL     |
-| schema.py      | the tables in their own schema, versioned migrations under an advisory lock |
+| schema.py      | the DDL of a fresh schema (v2), migrating older ones under an advisory lock |
+| migrations.py  | the schema's history: v1 as shipped, each forward step since (v1→v2 ...)   |
 | insert.py      | enqueue: one unnest INSERT per call, duplicates, conflicts, savepoints      |
-| queue.py       | claim (CTE + FOR UPDATE SKIP LOCKED), the guarded transitions               |
+| queue.py       | claim (CTE + SKIP LOCKED, leases on the database clock), guarded settles,   |
+|                | delivery moving rows out of the hot table into dodo_outbox_delivered        |
 | dlq.py         | dead rows, replay (with restamp), purge, the top reasons                    |
 | stats.py       | counts, lookups, key-value, the request log and its windows                 |
 | maintenance.py | retention, table sizes, clock repair                                        |
 | reads.py       | the meter cache, meter queries, preview range reads                         |
 
 Imported only by `agent.store.open_store` for a `postgresql://` URL: psycopg is the `postgres` extra.
-Leases are timed by the caller's `now_us`, as the interface passes it (see the report of issue 13:
-issue 14 moves them to the database clock).
+Leases are timed by the database clock (`clock_timestamp()`), not the caller's `now_us`: see queue.py.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class PostgresStore(PgBase):
         super().__init__(url, options)
         try:
             with self.write() as conn:
-                schema.migrate(conn, self.schema, self.t)
+                self.migrated_from = schema.migrate(conn, self.schema, self.t)
         except BaseException:
             self.close()
             raise
@@ -59,6 +60,11 @@ class PostgresStore(PgBase):
     def schema_version(self) -> int:
         found = self.kv_get(schema.VERSION_KEY)
         return 0 if found is None else int(found[0])
+
+    @property
+    def schema_versions(self) -> tuple[int, int]:
+        """(the schema version found on opening, 0 for a new schema; the version it is at now)."""
+        return self.migrated_from, schema.SCHEMA_VERSION
 
     def insert_on(self, conn: Any, events: Sequence[Event], source: str, now_us: int) -> InsertResult:
         """The transactional outbox: on the application's own psycopg connection, inside its open

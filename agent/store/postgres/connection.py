@@ -30,7 +30,9 @@ class PgBase:
         self.schema = check_schema_name(self.options.schema)
         s = self.schema
         self.t = {
+            "ns": s,
             "ev": f"{s}.dodo_outbox_events",
+            "dv": f"{s}.dodo_outbox_delivered",
             "rq": f"{s}.dodo_outbox_requests",
             "kv": f"{s}.dodo_outbox_kv",
             "mt": f"{s}.dodo_outbox_meters",
@@ -55,7 +57,8 @@ class PgBase:
             raise
 
     def q(self, sql: str) -> str:
-        """`sql` with {ev}, {rq}, {kv}, {mt} replaced by the schema-qualified table names."""
+        """`sql` with {ev}, {dv}, {rq}, {kv}, {mt} replaced by the schema-qualified table names ({ns}: the
+        schema)."""
         return sql.format(**self.t)
 
     @property

@@ -4,6 +4,21 @@ The rules are shared with SQLite (agent/store/rules.py): a repeat with the same 
 another producer-given timestamp, is a duplicate; anything else is a conflict and the call stores
 nothing. RETURNING names the rows this statement inserted, so the common case (all new) is one round
 trip; only when some event_id was already stored are those rows read back and compared.
+
+An event_id is stored in the hot table or, once delivered, in `dodo_outbox_delivered` (schema v2):
+the INSERT skips ids the delivered table holds (NOT EXISTS) and ids the hot table holds (ON CONFLICT),
+and the read-back looks in both, so a repeat of a delivered event is a duplicate (or a conflict) as
+before.
+
+The race this leaves: an enqueue whose statement starts while `mark_delivered` is moving the same
+event_id (deleted from the hot table, inserted into the delivered table, not yet committed) sees it
+in neither table once the move commits, and stores it again as a new pending row. It is safe: the
+repeat is sent again and Dodo dedups by event_id (docs/dodo-ingest-contract.md: an event_id it
+already has, re-sent in a later request, is ignored, not counted twice; the two copies never share a
+request, which Dodo would refuse, since the first was delivered before the second was stored), and
+the move of that second copy keeps the first (ON CONFLICT DO NOTHING in queue.py). What it costs is
+one extra event sent, and a conflicting repeat in that window is reported as new instead of refused;
+Dodo still bills the first.
 """
 
 from __future__ import annotations
@@ -19,10 +34,13 @@ from agent.store.rules import dedupe, judge_stored
 INSERT_SQL = (
     "INSERT INTO {ev} (event_id, event_name, ts, payload, stamped, source, enqueued_at, next_attempt_at) "
     "SELECT e, n, t, p, s, %s, %s, 0 FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], "
-    "%s::boolean[]) AS u(e, n, t, p, s) ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    "%s::boolean[]) AS u(e, n, t, p, s) WHERE NOT EXISTS (SELECT 1 FROM {dv} d WHERE d.event_id = u.e) "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
 )
 _STORED_SQL = (
-    "SELECT event_id, payload, stamped OR original_ts IS NOT NULL FROM {ev} WHERE event_id = ANY(%s)"
+    "SELECT event_id, payload, stamped OR original_ts IS NOT NULL FROM {ev} WHERE event_id = ANY(%s) "
+    "UNION ALL "
+    "SELECT event_id, payload, stamped OR original_ts IS NOT NULL FROM {dv} WHERE event_id = ANY(%s)"
 )
 
 
@@ -56,7 +74,9 @@ def insert_on(
     others = [e.event_id for e in kept if e.event_id not in inserted]
     stored = {
         event_id: (payload, bool(stamped))
-        for event_id, payload, stamped in conn.execute(_STORED_SQL.format(**tables), (others,)).fetchall()
+        for event_id, payload, stamped in conn.execute(
+            _STORED_SQL.format(**tables), (others, others)
+        ).fetchall()
     }
     return judge_stored(events, unique, result, conflicts, stored, inserted)
 

@@ -1,5 +1,7 @@
 """Retention and clock repair on PostgreSQL: bounded deletes, table sizes, stored instants moved back.
 
+Delivered rows are in `dodo_outbox_delivered` (schema v2), so pruning them never touches the hot table.
+
 Free space is PostgreSQL's to manage (autovacuum, tuned on the events table for a queue), so
 `incremental_vacuum` has nothing to do here and returns 0; `file_stats` reports the outbox tables'
 size in blocks.
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent.store.base import CHUNK_ROWS
+from agent.store.postgres.queue import DB_NOW_US
 from agent.store.records import FileStats, State
 
 
@@ -31,8 +34,7 @@ def prune_delivered(
 ) -> int:
     return delete_chunks(
         db,
-        f"DELETE FROM {{ev}} WHERE state = '{State.DELIVERED}' AND id IN (SELECT id FROM {{ev}} "
-        f"WHERE state = '{State.DELIVERED}' AND settled_at < %s LIMIT %s)",
+        "DELETE FROM {dv} WHERE id IN (SELECT id FROM {dv} WHERE settled_at < %s LIMIT %s)",
         [settled_before_us],
         chunk,
         max_chunks,
@@ -64,6 +66,8 @@ def file_stats(db: Any) -> FileStats:
 
 
 def shift_back(db: Any, *, now_us: int, step_us: int) -> int:
+    """Retry times written by a host whose clock then stepped back by `step_us`, brought closer (never
+    before `now_us`). Leases are on the database clock, which the host's step did not move: untouched."""
     with db.write() as conn:
         moved = conn.execute(
             db.q(
@@ -72,17 +76,12 @@ def shift_back(db: Any, *, now_us: int, step_us: int) -> int:
             ),
             (now_us, step_us, now_us),
         ).rowcount
-        moved += conn.execute(
-            db.q(
-                "UPDATE {ev} SET lease_until = greatest(%s, lease_until - %s) "
-                f"WHERE state = '{State.INFLIGHT}' AND lease_until > %s"
-            ),
-            (now_us, step_us, now_us),
-        ).rowcount
     return int(moved)
 
 
 def cap_future(db: Any, *, now_us: int, max_delay_us: int, lease_us: int) -> int:
+    """Retries due beyond `now_us + max_delay_us` become due now; leases running beyond the database
+    clock's now + `lease_us` end then (leases are on the database clock, see queue.py)."""
     with db.write() as conn:
         moved = conn.execute(
             db.q(
@@ -92,7 +91,10 @@ def cap_future(db: Any, *, now_us: int, max_delay_us: int, lease_us: int) -> int
             (now_us, now_us + max_delay_us),
         ).rowcount
         moved += conn.execute(
-            db.q(f"UPDATE {{ev}} SET lease_until = %s WHERE state = '{State.INFLIGHT}' AND lease_until > %s"),
-            (now_us + lease_us, now_us + lease_us),
+            db.q(
+                f"UPDATE {{ev}} SET lease_until = {DB_NOW_US} + %s "
+                f"WHERE state = '{State.INFLIGHT}' AND lease_until > {DB_NOW_US} + %s"
+            ),
+            (lease_us, lease_us),
         ).rowcount
     return int(moved)

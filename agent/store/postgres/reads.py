@@ -13,13 +13,19 @@ from agent.store.postgres.stats import KV_UPSERT
 from agent.store.records import KeyStats, MeterRow, NameStats, RangeRow, State
 from agent.store.rules import PULLED_AT_KEY
 
+# Delivered rows live in {dv} (schema v2): every read that may see one reads both tables.
 _RECENT = (
-    "WITH recent AS (SELECT event_id, event_name, enqueued_at, payload FROM {ev} "
-    "WHERE enqueued_at >= %s ORDER BY id DESC LIMIT %s) "
+    "WITH recent AS (SELECT event_id, event_name, enqueued_at, payload FROM ("
+    "SELECT id, event_id, event_name, enqueued_at, payload FROM {ev} WHERE enqueued_at >= %(since)s "
+    "UNION ALL SELECT id, event_id, event_name, enqueued_at, payload FROM {dv} "
+    "WHERE enqueued_at >= %(since)s) AS r ORDER BY id DESC LIMIT %(rows)s) "
 )
 RANGE_SQL = (
-    "SELECT event_id, event_name, ts, state, restamped::int, payload FROM {ev} "
-    f"WHERE ts >= %s AND ts < %s AND state <> '{State.DEAD}' ORDER BY ts, id"
+    "SELECT event_id, event_name, ts, state, restamped::int, payload FROM ("
+    "SELECT id, event_id, event_name, ts, state, restamped, payload FROM {ev} "
+    f"WHERE ts >= %(lo)s AND ts < %(hi)s AND state <> '{State.DEAD}' "
+    "UNION ALL SELECT id, event_id, event_name, ts, state, restamped, payload FROM {dv} "
+    "WHERE ts >= %(lo)s AND ts < %(hi)s) AS r ORDER BY ts, id"
 )
 _CHUNK = 5000
 
@@ -73,7 +79,7 @@ def recent_events_by_name(
                 + 'SELECT event_name, count(*), max(enqueued_at), max(event_id COLLATE "C") FROM recent '
                 'GROUP BY event_name ORDER BY count(*) DESC, event_name COLLATE "C"'
             ),
-            (since_us, max_rows),
+            {"since": since_us, "rows": max_rows},
         ).fetchall()
         result: list[NameStats] = []
         for name, count, last, example in groups:
@@ -92,10 +98,10 @@ def _key_stats(db: Any, conn: Any, since_us: int, max_rows: int, name: str, key:
             'min(event_id COLLATE "C") FILTER (WHERE t IS NULL), '
             "min(event_id COLLATE \"C\") FILTER (WHERE t = 'string'), "
             "min(event_id COLLATE \"C\") FILTER (WHERE t NOT IN ('number', 'string')) "
-            "FROM (SELECT event_id, jsonb_typeof(payload::jsonb -> 'metadata' -> %s) AS t FROM recent "
-            "WHERE event_name = %s) AS k"
+            "FROM (SELECT event_id, jsonb_typeof(payload::jsonb -> 'metadata' -> %(key)s) AS t FROM recent "
+            "WHERE event_name = %(name)s) AS k"
         ),
-        (since_us, max_rows, key, name),
+        {"since": since_us, "rows": max_rows, "key": key, "name": name},
     ).fetchone()
     return KeyStats(key, int(row[0]), int(row[1]), int(row[2]), row[3], row[4], row[5])
 
@@ -104,8 +110,8 @@ def delivered_sample(db: Any, since_us: int, *, limit: int) -> list[tuple[str, s
     with db.read() as conn:
         rows = conn.execute(
             db.q(
-                "SELECT event_id, event_name, payload FROM {ev} "
-                f"WHERE state = '{State.DELIVERED}' AND settled_at >= %s ORDER BY random() LIMIT %s"
+                "SELECT event_id, event_name, payload FROM {dv} WHERE settled_at >= %s "
+                "ORDER BY random() LIMIT %s"
             ),
             (since_us, limit),
         ).fetchall()
@@ -116,7 +122,7 @@ def billable_rows(db: Any, from_us: int, until_us: int) -> Iterator[tuple[str, s
     """Rows not dead with event time in [from_us, until_us), in event-time then arrival order,
     streamed through a server-side cursor (a pool connection is held until the iterator ends)."""
     with db.read() as conn, conn.cursor(name="dodo_outbox_range") as cur:
-        cur.execute(db.q(RANGE_SQL), (from_us, until_us))
+        cur.execute(db.q(RANGE_SQL), {"lo": from_us, "hi": until_us})
         while rows := cur.fetchmany(_CHUNK):
             yield from rows
 
@@ -126,8 +132,10 @@ def rows_by_event_id(db: Any, event_ids: Sequence[str]) -> dict[str, RangeRow]:
         rows = conn.execute(
             db.q(
                 "SELECT event_id, event_name, ts, state, restamped, payload FROM {ev} "
-                "WHERE event_id = ANY(%s)"
+                "WHERE event_id = ANY(%(ids)s) UNION ALL "
+                "SELECT event_id, event_name, ts, state, restamped, payload FROM {dv} "
+                "WHERE event_id = ANY(%(ids)s)"
             ),
-            (list(event_ids),),
+            {"ids": list(event_ids)},
         ).fetchall()
     return {r[0]: RangeRow(r[0], r[1], int(r[2]), r[3], bool(r[4]), r[5]) for r in rows}

@@ -1,22 +1,32 @@
-"""The PostgreSQL outbox schema and its forward migrations.
+"""The PostgreSQL outbox schema: the DDL of a fresh schema, and bringing an older one forward.
 
 The tables live in their own schema (`[outbox] schema`, default `dodo_outbox`), so the outbox can share
-the application's database. The version is the `schema_version` row of `dodo_outbox_kv`. Migrations
-run under a transaction-scoped advisory lock keyed by the schema name, so several agents and apps
-opening the same database at once migrate it exactly once; a migration commits with its version bump.
+the application's database. The version is the `schema_version` row of `dodo_outbox_kv`. A fresh
+schema is built from `CURRENT`; an older one runs the steps of migrations.py from its version on (a
+test proves both give the same catalog). Either runs under a transaction-scoped advisory lock keyed by
+the schema name, so several agents and apps opening the same database at once migrate it exactly
+once, and commits with its version bump.
+
+Version 2 (this one): the hot table `dodo_outbox_events` holds only undelivered rows (pending,
+inflight, dead); `mark_delivered` moves rows into `dodo_outbox_delivered`, which retention prunes.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from agent.errors import OutboxError
+from agent.store.postgres.migrations import STEPS, V1, statements
 from agent.timestamps import to_us
 
-_V1 = """
-CREATE TABLE IF NOT EXISTS {ev} (
+# The hot table is a queue: every row is updated at claim and deleted (moved) at delivery, so it
+# churns through dead tuples at the delivery rate. Autovacuum triggers on a fixed count of them
+# (scale factor 0: a large backlog must not postpone it to 1% of millions), runs without cost delays
+# (a vacuum that sleeps lets the claim index bloat), and analyze follows the same churn. No fillfactor:
+# a claim changes `state`, which the partial indexes' predicates read, so it is never a HOT update.
+CURRENT = """
+CREATE TABLE {ev} (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_id        text    NOT NULL UNIQUE,
     event_name      text    NOT NULL,
@@ -38,15 +48,40 @@ CREATE TABLE IF NOT EXISTS {ev} (
     response        text,
     last_error      text,
     original_ts     bigint
-) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_cost_delay = 0);
-CREATE INDEX IF NOT EXISTS dodo_outbox_claim ON {ev} (ts, id) INCLUDE (next_attempt_at)
-    WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS dodo_outbox_leases ON {ev} (lease_until) WHERE state = 'inflight';
-CREATE INDEX IF NOT EXISTS dodo_outbox_delivered ON {ev} (settled_at) WHERE state = 'delivered';
-CREATE INDEX IF NOT EXISTS dodo_outbox_dead ON {ev} (settled_at) WHERE state = 'dead';
-CREATE INDEX IF NOT EXISTS dodo_outbox_event_time ON {ev} (ts) WHERE state <> 'dead';
-CREATE INDEX IF NOT EXISTS dodo_outbox_enqueued ON {ev} (enqueued_at);
-CREATE TABLE IF NOT EXISTS {rq} (
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0,
+    autovacuum_analyze_threshold = 1000);
+CREATE INDEX dodo_outbox_claim ON {ev} (ts, id) INCLUDE (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX dodo_outbox_leases ON {ev} (lease_until) WHERE state = 'inflight';
+CREATE INDEX dodo_outbox_dead ON {ev} (settled_at) WHERE state = 'dead';
+CREATE INDEX dodo_outbox_event_time ON {ev} (ts) WHERE state <> 'dead';
+CREATE INDEX dodo_outbox_enqueued ON {ev} (enqueued_at);
+CREATE TABLE {dv} (
+    id              bigint  PRIMARY KEY,
+    event_id        text    NOT NULL UNIQUE,
+    event_name      text    NOT NULL,
+    ts              bigint  NOT NULL,
+    payload         text    NOT NULL,
+    stamped         boolean NOT NULL,
+    source          text    NOT NULL,
+    state           text    NOT NULL DEFAULT 'delivered' CHECK (state = 'delivered'),
+    attempts        integer NOT NULL,
+    enqueued_at     bigint  NOT NULL,
+    next_attempt_at bigint  NOT NULL,
+    lease_until     bigint,
+    lease_owner     text,
+    settled_at      bigint  NOT NULL,
+    restamped       boolean NOT NULL,
+    reason          text,
+    http_status     integer,
+    response        text,
+    last_error      text,
+    original_ts     bigint
+);
+CREATE INDEX dodo_outbox_delivered_settled ON {dv} (settled_at);
+CREATE INDEX dodo_outbox_delivered_event_time ON {dv} (ts);
+CREATE INDEX dodo_outbox_delivered_enqueued ON {dv} (enqueued_at);
+CREATE TABLE {rq} (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at          bigint  NOT NULL,
     status      integer,
@@ -57,8 +92,8 @@ CREATE TABLE IF NOT EXISTS {rq} (
     duplicates  integer NOT NULL DEFAULT 0,
     duration_ms double precision NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS dodo_outbox_requests_at ON {rq} (at);
-CREATE TABLE IF NOT EXISTS {mt} (
+CREATE INDEX dodo_outbox_requests_at ON {rq} (at);
+CREATE TABLE {mt} (
     meter_id        text PRIMARY KEY,
     event_name      text NOT NULL,
     name            text,
@@ -69,8 +104,7 @@ CREATE TABLE IF NOT EXISTS {mt} (
 );
 """
 
-MIGRATIONS: Sequence[str] = (_V1,)
-SCHEMA_VERSION = len(MIGRATIONS)
+SCHEMA_VERSION = 1 + len(STEPS)
 VERSION_KEY = "schema_version"
 
 _KV = """CREATE TABLE IF NOT EXISTS {kv} (
@@ -80,32 +114,49 @@ _KV = """CREATE TABLE IF NOT EXISTS {kv} (
 )"""
 
 
-def migrate(conn: Any, schema: str, tables: dict[str, str]) -> int:
-    """Create the schema and bring it to SCHEMA_VERSION in the caller's open transaction; returns the
-    version found before. Serialised across processes by an advisory lock on the schema name."""
+def migrate(conn: Any, schema: str, tables: dict[str, str], *, target: int = SCHEMA_VERSION) -> int:
+    """Create the schema or bring it to `target` (SCHEMA_VERSION; tests build older ones) in the
+    caller's open transaction; returns the version found before (0: none). Serialised across
+    processes by an advisory lock on the schema name."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("dodo-outbox:" + schema,))
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     conn.execute(_KV.format(**tables))
-    row = conn.execute(f"SELECT value FROM {tables['kv']} WHERE key = %s", (VERSION_KEY,)).fetchone()
-    try:
-        found = 0 if row is None else int(row[0])
-    except ValueError:
-        raise OutboxError(
-            f"the outbox's schema version ({tables['kv']} key {VERSION_KEY!r}) is {row[0]!r}, not a number"
-        ) from None
+    found = stored_version(conn, tables)
     if found > SCHEMA_VERSION:
         raise OutboxError(
             f"the outbox was written by a newer dodo-outbox (schema {found}, this one knows "
             f"{SCHEMA_VERSION}); upgrade dodo-outbox"
         )
-    for version in range(found, SCHEMA_VERSION):
-        for statement in MIGRATIONS[version].format(**tables).split(";"):
-            if statement.strip():
-                conn.execute(statement)
-    if found != SCHEMA_VERSION:
-        conn.execute(
-            f"INSERT INTO {tables['kv']} (key, value, updated_at) VALUES (%s, %s, %s) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            (VERSION_KEY, str(SCHEMA_VERSION), to_us(time.time())),
-        )
+    if found >= target:
+        return found
+    if found == 0:
+        script, start = (CURRENT, SCHEMA_VERSION) if target == SCHEMA_VERSION else (V1, 1)
+        for statement in statements(script.format(**tables)):
+            conn.execute(statement)
+    else:
+        start = found
+    for version in range(start, target):
+        for statement in statements(STEPS[version].format(**tables)):
+            conn.execute(statement)
+    conn.execute(
+        f"INSERT INTO {tables['kv']} (key, value, updated_at) VALUES (%s, %s, %s) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        (VERSION_KEY, str(target), to_us(time.time())),
+    )
     return found
+
+
+def stored_version(conn: Any, tables: dict[str, str]) -> int:
+    """The schema version recorded in `dodo_outbox_kv` (0: a new schema). Raises OutboxError when the
+    row is not a number. An events table with no version row is version 1, the only one there was
+    before the row could be missing."""
+    row = conn.execute(f"SELECT value FROM {tables['kv']} WHERE key = %s", (VERSION_KEY,)).fetchone()
+    if row is None:
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (tables["ev"],)).fetchone()
+        return 1 if exists[0] else 0
+    try:
+        return int(row[0])
+    except ValueError:
+        raise OutboxError(
+            f"the outbox's schema version ({tables['kv']} key {VERSION_KEY!r}) is {row[0]!r}, not a number"
+        ) from None

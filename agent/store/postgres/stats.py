@@ -20,8 +20,13 @@ KV_UPSERT = (
 def counts(db: Any) -> dict[str, int]:
     found = dict.fromkeys(("pending", "inflight", "delivered", "dead"), 0)
     with db.read() as conn:
-        for state, n in conn.execute(db.q("SELECT state, count(*) FROM {ev} GROUP BY state")).fetchall():
-            found[str(state)] = int(n)
+        for state, n in conn.execute(
+            db.q(
+                "SELECT state, count(*) FROM {ev} GROUP BY state "
+                "UNION ALL SELECT state, count(*) FROM {dv} GROUP BY state"
+            )
+        ).fetchall():
+            found[str(state)] += int(n)
     return found
 
 
@@ -46,7 +51,11 @@ def oldest_pending_enqueued_us(db: Any) -> int | None:
 def get(db: Any, event_id: str) -> EventRecord | None:
     with db.read() as conn:
         row = conn.execute(
-            db.q(f"SELECT {ROW_COLUMNS} FROM {{ev}} WHERE event_id = %s"), (event_id,)
+            db.q(
+                f"SELECT {ROW_COLUMNS} FROM {{ev}} WHERE event_id = %(id)s UNION ALL "
+                f"SELECT {ROW_COLUMNS} FROM {{dv}} WHERE event_id = %(id)s LIMIT 1"
+            ),
+            {"id": event_id},
         ).fetchone()
     return None if row is None else record_from_row(row)
 
@@ -118,7 +127,7 @@ def delivered_per_minute(db: Any, now_us: int, *, minutes: int = 60) -> list[int
 
 def explain_claim(db: Any, *, analyze: bool = False) -> list[str]:
     """The plan of the claim query (tests assert it uses the claim index). Rolled back: never claims."""
-    params = {"now": 0, "limit": 10, "until": 0, "owner": "explain", "max_bytes": 1 << 20}
+    params = {"now": 0, "limit": 10, "lease": 0, "owner": "explain", "max_bytes": 1 << 20}
     with db.write() as conn:
         rows = conn.execute(
             ("EXPLAIN (ANALYZE) " if analyze else "EXPLAIN ") + db.q(CLAIM_SQL), params

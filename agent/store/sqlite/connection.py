@@ -59,7 +59,7 @@ class StoreBase:
             schema.configure(self._conn, self.options.synchronous, self.options.busy_timeout_ms)
             if self.options.check_integrity:
                 self._check_integrity()
-            schema.migrate(self._conn)
+            self.migrated_from = schema.migrate(self._conn)
         except OutboxCorruptError:
             self._close_quietly()
             raise
@@ -114,6 +114,11 @@ class StoreBase:
     @property
     def closed(self) -> bool:
         return self._conn is None
+
+    @property
+    def schema_versions(self) -> tuple[int, int]:
+        """(the schema version found on opening, 0 for a new outbox; the version it is at now)."""
+        return self.migrated_from, schema.SCHEMA_VERSION
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
