@@ -12,26 +12,21 @@ from pathlib import Path
 import click
 
 from agent.cli import common
-from agent.store import StoreOptions, is_postgres_url, mask_url
+from agent.store import is_postgres_url, show_location
 from agent.store import migrate as migrate_store
+from agent.store.location import Location
 
 
 @click.command()
-@click.option(
-    "--outbox",
-    "outbox",
-    default=None,
-    metavar="PATH_OR_URL",
-    help="Outbox file or postgresql:// URL. Default: [outbox] url, else [outbox] path, of the config.",
-)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @common.create_option
-@common.config_option
-def migrate(outbox: str | None, as_json: bool, create: bool, config_path: Path | None) -> None:
+@common.outbox_option
+def migrate(as_json: bool, create: bool, config_path: Path | None, outbox_path: Location | None) -> None:
     """Create the outbox's tables or migrate them to this version's schema, then exit.
 
     On PostgreSQL the tables live in the schema [outbox] schema names (default dodo_outbox). Safe to
-    run while agents use the outbox, and more than once: a second run has nothing to do.
+    run more than once (a second run has nothing to do) and while agents of this version run; stop
+    agents of an older version first (they would keep writing the old schema's way).
 
     \b
     Example:
@@ -39,14 +34,11 @@ def migrate(outbox: str | None, as_json: bool, create: bool, config_path: Path |
       dodo-outbox migrate --json
     """
     settings = common.load_settings(config_path)
-    location: str | Path = outbox or settings.outbox.url or settings.outbox_path
-    options = StoreOptions(schema=settings.outbox.schema, synchronous=settings.outbox.synchronous)
-    if is_postgres_url(location):
-        name, shown = options.schema, mask_url(str(location))
-    else:
-        location = Path(location)
-        common.check_creatable(settings, location, location if outbox else None, create)
-        name = shown = str(location)
+    location = common.resolve_location(settings, outbox_path)
+    options = common.store_options(settings)
+    common.check_creatable(settings, location, outbox_path, create)
+    shown = show_location(location)
+    name = options.schema if is_postgres_url(location) else shown
     found, now = migrate_store(location, options)
     if as_json:
         common.print_json({"outbox": shown, "schema": name, "from_version": found, "to_version": now})
