@@ -69,7 +69,29 @@ CREATE TABLE IF NOT EXISTS {mt} (
 );
 """
 
-MIGRATIONS: Sequence[str] = (_V1,)
+# The fleet's shared state (issue 14): the slots every agent on the outbox takes its requests and the
+# pause's probe from (GCRA: `tat`, the theoretical arrival time, and `rate`, the budget slowed down
+# after a 429), and the agents' registry their heartbeats keep (`status` lists it). Times are
+# microseconds on the database clock.
+_FLEET = """
+CREATE TABLE IF NOT EXISTS {sl} (
+    name text PRIMARY KEY,
+    tat  bigint NOT NULL DEFAULT 0,
+    rate double precision
+);
+CREATE TABLE IF NOT EXISTS {ag} (
+    agent_id   text    PRIMARY KEY,
+    host       text    NOT NULL,
+    pid        integer NOT NULL,
+    started_at bigint  NOT NULL,
+    last_seen  bigint  NOT NULL,
+    claimed    bigint  NOT NULL DEFAULT 0,
+    delivered  bigint  NOT NULL DEFAULT 0,
+    stopped    boolean NOT NULL DEFAULT false
+);
+"""
+
+MIGRATIONS: Sequence[str] = (_V1, _FLEET)
 SCHEMA_VERSION = len(MIGRATIONS)
 VERSION_KEY = "schema_version"
 
