@@ -250,7 +250,14 @@ class OutboxStore(Protocol):
         ...
 
     def heartbeat(
-        self, agent_id: str, *, host: str, pid: int, claimed: int = 0, delivered: int = 0, stopped: bool = False
+        self,
+        agent_id: str,
+        *,
+        host: str,
+        pid: int,
+        claimed: int = 0,
+        delivered: int = 0,
+        stopped: bool = False,
     ) -> None:
         """Record that `agent_id` is alive now, adding `claimed` and `delivered` to its totals
         (`stopped`: it shut down cleanly). The first beat registers it."""
@@ -263,4 +270,3 @@ class OutboxStore(Protocol):
     def forget_agents(self, unseen_for_us: int) -> int:
         """Delete agents not seen for `unseen_for_us`; returns how many."""
         ...
-

@@ -85,7 +85,10 @@ def test_one_probe_per_interval_for_the_fleet_and_a_reset_frees_it(store_factory
     a.hold_slot("pause_probe", delay_us=3_600_000_000, per_minute=every, burst=1)
     assert a.take_slot("pause_probe", per_minute=every, burst=1) > 3_000_000_000
     b.reset_slot("pause_probe")  # b re-read its key: probe at once
-    results = [a.take_slot("pause_probe", per_minute=every, burst=1), b.take_slot("pause_probe", per_minute=every, burst=1)]
+    results = [
+        a.take_slot("pause_probe", per_minute=every, burst=1),
+        b.take_slot("pause_probe", per_minute=every, burst=1),
+    ]
     assert sorted(r == 0 for r in results) == [False, True]  # exactly one of them probes
 
 
@@ -97,7 +100,13 @@ def test_agents_register_accumulate_and_are_forgotten(store_factory: StoreFactor
     rows = {r.agent_id: r for r in b.agents()}
     assert set(rows) == {"host-a:1:x", "host-b:2:y"}
     first = rows["host-a:1:x"]
-    assert (first.host, first.pid, first.claimed, first.delivered, first.stopped) == ("host-a", 1, 15, 13, True)
+    assert (first.host, first.pid, first.claimed, first.delivered, first.stopped) == (
+        "host-a",
+        1,
+        15,
+        13,
+        True,
+    )
     assert rows["host-b:2:y"].stopped is False
     assert 0 <= first.seen_ago_us < 60_000_000 and first.started_us <= first.last_seen_us
     assert a.forget_agents(3_600_000_000) == 0

@@ -251,7 +251,14 @@ class PostgresStore(PgBase):
         return fleet.slot_rate(self, name)
 
     def heartbeat(
-        self, agent_id: str, *, host: str, pid: int, claimed: int = 0, delivered: int = 0, stopped: bool = False
+        self,
+        agent_id: str,
+        *,
+        host: str,
+        pid: int,
+        claimed: int = 0,
+        delivered: int = 0,
+        stopped: bool = False,
     ) -> None:
         fleet.heartbeat(
             self, agent_id, host=host, pid=pid, claimed=claimed, delivered=delivered, stopped=stopped
