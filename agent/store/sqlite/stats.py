@@ -12,7 +12,6 @@ from agent.timestamps import US, to_us
 
 _US_PER_MINUTE = 60 * US
 
-
 def counts(db: StoreBase) -> dict[str, int]:
     """Rows per state; every state is present. Each count is served by its partial index."""
     with db.read() as conn:
