@@ -11,6 +11,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Protocol
+
+
+class Pacer(Protocol):
+    """What the senders need of a pacer: this module's local :class:`TokenBucket` (meters pull), or
+    the fleet's :class:`~agent.delivery.budget.SharedBudget` (delivery)."""
+
+    def acquire(
+        self, clock: Callable[[], float], sleep: Callable[[float], object], timeout: float | None = None
+    ) -> bool: ...
+
+    def slow_down(self, now: float, seconds: float) -> None: ...
+
+    def on_success(self) -> None: ...
 
 
 class TokenBucket:

@@ -121,14 +121,20 @@ def read_pause(store: OutboxStore) -> dict[str, Any] | None:
     return value or None
 
 
-def write_pause(store: OutboxStore, reason: str | None, now: float, kind: str | None = None) -> None:
-    """Record (reason) or clear (None) the delivery pause, for `status` in any process.
+def write_pause(
+    store: OutboxStore, reason: str | None, now: float, kind: str | None = None, by: str | None = None
+) -> None:
+    """Record (reason) or clear (None) the delivery pause, for `status` in any process and for every
+    agent of the fleet (agent/delivery/pause.py reads it on each tick).
 
-    `kind` is a short code (`auth`, `not_found`) that becomes the `reason` label of the
-    `dodo_outbox_delivery_paused` metric; `reason` is the sentence shown to people.
+    `kind` is a short code (`auth`, `not_found`, `no_key`) that becomes the `reason` label of the
+    `dodo_outbox_delivery_paused` metric; `reason` is the sentence shown to people; `by` is the
+    agent that saw it (its lease owner, `host:pid:random`).
     """
     record: dict[str, Any] = {"reason": reason, "since": round(now, 3)}
     if kind is not None:
         record["kind"] = kind
+    if by is not None:
+        record["by"] = by
     value = "" if reason is None else json.dumps(record)
     store.kv_set(PAUSE_KEY, value, to_us(now))
