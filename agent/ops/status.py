@@ -5,7 +5,9 @@ It reads only the outbox file, so it works whether or not the agent is running.
 Public contract (monitoring scripts read these; add keys, never rename): `pending`, `inflight`,
 `delivered`, `dead`, `oldest_pending_age_seconds`, `paused`, `paused_reason`, and since 0.1
 `rates` (per window `5m` / `1h`), `top_dead_reasons` and `delivered_per_minute`; `meter_checks`
-(with `meter_warnings` and `unmatched_by_name`) when built with the settings.
+(with `meter_warnings` and `unmatched_by_name`) when built with the settings; since issue 14
+`paused_kind` (`auth`, `not_found`, `no_key`), `paused_by` (the agent that saw it) and `agents` (the
+fleet working on the outbox: agent/ops/fleet.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from agent.config import Settings
 from agent.meters.report import status_section
+from agent.ops.fleet import agents_document
 from agent.store import OutboxStore, WindowRates
 from agent.timestamps import from_us, to_us
 
@@ -54,6 +57,9 @@ def build(store: OutboxStore, now: float | None = None, settings: Settings | Non
         "paused": paused is not None,
         "paused_reason": None if paused is None else paused.get("reason"),
         "paused_since": None if paused is None else paused.get("since"),
+        "paused_kind": None if paused is None else paused.get("kind"),
+        "paused_by": None if paused is None else paused.get("by"),
+        "agents": agents_document(store),
         "rates": {name: rate_document(r) for name, r in zip(WINDOWS, rates, strict=True)},
         "top_dead_reasons": [{"reason": r, "count": n} for r, n in store.top_dead_reasons(5)],
         "delivered_per_minute": store.delivered_per_minute(now_us, minutes=SPARKLINE_MINUTES),
