@@ -136,7 +136,11 @@ class Agent:
         instead of failing at every restart; the error log says where the file went and how to
         salvage its rows (`dodo-outbox doctor`). Raises OutboxError when even a fresh file fails."""
         path = self.settings.outbox_path
-        options = StoreOptions(synchronous=self.settings.outbox.synchronous, check_integrity=True)
+        options = StoreOptions(
+            synchronous=self.settings.outbox.synchronous,
+            check_integrity=True,
+            prepared_statements=self.settings.outbox.prepared_statements,
+        )
         try:
             return open_store(path, options)
         except OutboxCorruptError as exc:

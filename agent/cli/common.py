@@ -108,7 +108,10 @@ def open_store(
             f"no outbox at {path}; enqueue an event first, or point --outbox / [outbox] path at it"
         )
     check_creatable(settings, path, outbox_path, create)
-    return open_outbox_store(path, StoreOptions(synchronous=settings.outbox.synchronous))
+    options = StoreOptions(
+        synchronous=settings.outbox.synchronous, prepared_statements=settings.outbox.prepared_statements
+    )
+    return open_outbox_store(path, options)
 
 
 def open_outbox(
