@@ -9,6 +9,7 @@ drive Worker objects in threads against a real emulator so every request's arriv
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -267,3 +268,28 @@ def test_status_lists_the_agents_and_their_share(
     states = {a["agent_id"]: a["state"] for a in agents_document(live)}
     assert states["elsewhere:7:abc"] == "active"
     wait_for(lambda: agents_document(live, gone_after=0.05)[-1]["state"] == "gone", "the agent to look gone")
+
+
+def test_the_status_command_shows_the_agents_and_who_paused(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from agent.cli import cli
+
+    db = tmp_path / "outbox.db"
+    with open_store(db) as store:
+        store.heartbeat("web-1:11:aaaa", host="web-1", pid=11, claimed=40, delivered=30)
+        store.heartbeat("web-2:22:bbbb", host="web-2", pid=22, claimed=10, delivered=10, stopped=True)
+        status.write_pause(
+            store, "Dodo refused the API key with HTTP 401", time.time(), kind="auth", by="web-1:11:aaaa"
+        )
+    result = CliRunner().invoke(cli, ["status", "--outbox", str(db)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "agents on this outbox  1 active" in out
+    assert "web-1 pid 11" in out and "web-2 pid 22" in out and "stopped" in out
+    assert "75%" in out and "25%" in out  # each one's share of the deliveries
+    assert "seen by web-1:11:aaaa" in out
+    result = CliRunner().invoke(cli, ["status", "--outbox", str(db), "--json"])
+    document = json.loads(result.output)
+    assert [a["host"] for a in document["agents"]] == ["web-1", "web-2"]
+    assert (document["paused_kind"], document["paused_by"]) == ("auth", "web-1:11:aaaa")

@@ -119,7 +119,9 @@ def render_status(document: dict[str, Any]) -> None:
     if document["paused"]:
         since = document.get("paused_since")
         ago = f" for {common.human_age(time.time() - since)}" if since else ""
-        state = f"[bold red]PAUSED[/bold red]{ago}: {escape(str(document['paused_reason']))}"
+        by = document.get("paused_by")
+        seen = f" (seen by {escape(str(by))}; every agent on this outbox is paused)" if by else ""
+        state = f"[bold red]PAUSED[/bold red]{ago}: {escape(str(document['paused_reason']))}{seen}"
     else:
         state = "[green]running[/green]"
     # Every text that comes from outside (paths, pause and dead reasons) is escaped: rich would read a
