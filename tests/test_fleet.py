@@ -210,6 +210,9 @@ def test_a_401_pauses_the_fleet_one_probe_for_all_and_a_fixed_key_resumes_all(
         assert {e["outcome"] for e in fake.ingest_log()} == {"401"}
         key_file.write_text("test_key\n")  # fixed: whichever agent probes next reads it
         drain_together([a, b], lambda: set(fake.events) == ids)
+        # Whichever probed resumed at once; the other resumes at its next tick, having read the record.
+        a.drain_once()
+        b.drain_once()
         assert a.paused is None and b.paused is None
         assert status.read_pause(store_b) is None
     finally:
@@ -293,3 +296,28 @@ def test_the_status_command_shows_the_agents_and_who_paused(tmp_path: Path) -> N
     document = json.loads(result.output)
     assert [a["host"] for a in document["agents"]] == ["web-1", "web-2"]
     assert (document["paused_kind"], document["paused_by"]) == ("auth", "web-1:11:aaaa")
+
+
+def test_an_agent_started_after_the_key_was_fixed_probes_at_once_and_resumes_the_fleet(
+    open_outbox: Opener, fake_dodo_factory: FakeDodoFactory
+) -> None:
+    fake = fake_dodo_factory(rate_limit=False)
+    store = open_outbox()
+    ids = put(store, 3)
+    other = make_worker(open_outbox(), make_settings(fake.url, auth_retry_seconds=3600.0))
+    # The fleet paused just now (another agent saw a 401): no probe is due for an hour.
+    status.write_pause(
+        store, "Dodo refused the API key with HTTP 401", time.time(), kind="auth", by="old:1:x"
+    )
+    store.hold_slot("pause_probe", delay_us=3_600_000_000, per_minute=1 / 60, burst=1)
+    assert other.drain_once().paused is not None  # the running agent follows the record
+    assert other.drain_once().sent == 0 and fake.stats()["requests"] == 0
+    fresh = make_worker(open_outbox(), make_settings(fake.url, auth_retry_seconds=3600.0))
+    try:
+        report = fresh.drain_until_idle()  # started with the fixed key: its first tick is the probe
+        assert report.paused is None and report.delivered == 3
+        assert set(fake.events) == ids and status.read_pause(store) is None
+        assert other.drain_once().paused is None
+    finally:
+        other.close()
+        fresh.close()

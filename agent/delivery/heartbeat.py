@@ -4,7 +4,8 @@
 most every ``agent.ops.fleet.BEAT_SECONDS`` (the worker asks after each tick, the scheduler on its
 own clock so a long tick does not look like a dead agent), and once more when the agent stops. A
 failed beat (the outbox unreachable) keeps its counts for the next one and never stops delivery.
-Beats also delete agents not seen for ``FORGET_SECONDS`` (at the first beat, then hourly).
+Beats also delete agents not seen for ``FORGET_SECONDS`` (stopped ones after
+``FORGET_STOPPED_SECONDS``), at the first beat and then every minute.
 Thread-safe.
 """
 
@@ -18,13 +19,13 @@ from collections.abc import Callable
 
 from agent.errors import OutboxError
 from agent.logs import get_logger
-from agent.ops.fleet import BEAT_SECONDS, FORGET_SECONDS
+from agent.ops.fleet import BEAT_SECONDS, FORGET_SECONDS, FORGET_STOPPED_SECONDS
 from agent.store import OutboxStore
 from agent.timestamps import US
 
 log = get_logger(__name__)
 
-_FORGET_EVERY = 3600.0
+_FORGET_EVERY = 60.0
 
 
 class Heartbeat:
@@ -70,7 +71,7 @@ class Heartbeat:
             )
             if self._forgot is None or now - self._forgot >= _FORGET_EVERY:
                 self._forgot = now
-                self._store.forget_agents(round(FORGET_SECONDS * US))
+                self._store.forget_agents(round(FORGET_SECONDS * US), round(FORGET_STOPPED_SECONDS * US))
         except OutboxError as exc:
             self.count(claimed=claimed, delivered=delivered)  # kept for the next beat
             log.warning("heartbeat_failed", agent_id=self.agent_id, error=str(exc))

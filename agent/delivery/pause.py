@@ -20,8 +20,9 @@ probes, with its key read afresh. The first answer that proves the key and the U
 but a retry or a pause) clears the record, and every agent resumes at its next tick. A re-read key
 (SIGHUP) makes the fleet's next probe due at once (:meth:`Pause.probe_now`).
 
-A pause recorded by an earlier process (it died paused) is adopted at the first :meth:`sync`, and the
-first probe that goes through clears it. Instants are epoch seconds. Thread-safe.
+A pause recorded by an earlier process (it died paused) is adopted at the first :meth:`sync`; a
+starting agent has just read its key, so the fleet's probe is made due at once, and the first probe
+that goes through clears the record. Instants are epoch seconds. Thread-safe.
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ class Pause:
         self._next_probe = 0.0
         self._lock = threading.Lock()
         # A pause recorded by an earlier process is cleared by our first delivery.
-        self._stale = status.read_pause(store) is not None
+        record = status.read_pause(store)
+        self._stale = record is not None
+        if record is not None and record.get("kind") in FLEET_KINDS:
+            # A (re)started agent has read its key afresh, as on SIGHUP: it may probe at once.
+            store.reset_slot(PROBE_SLOT)
 
     def __repr__(self) -> str:
         return f"Pause(kind={self._kind!r}, reason={self._reason!r})"

@@ -2,8 +2,8 @@
 
 Every agent heartbeats a row in the outbox (agent/delivery/heartbeat.py) every BEAT_SECONDS while it
 runs, and once more when it stops. An agent not seen for GONE_SECONDS is shown as `gone` (killed, its
-host lost, or cut off from the outbox); rows not seen for FORGET_SECONDS are deleted by the running
-agents, so the list does not grow with every restart.
+host lost, or cut off from the outbox); rows not seen for FORGET_SECONDS (FORGET_STOPPED_SECONDS once
+stopped) are deleted by the running agents, so the list does not grow with every restart.
 
 Public contract (`status --json` key `agents`; add keys, never rename): a list, the longest-running
 first, of `agent_id`, `host`, `pid`, `state` (`active`, `stopped`, `gone`), `started_at` and
@@ -25,6 +25,9 @@ GONE_SECONDS = 60.0
 """An agent not seen for this long is shown as gone: twelve missed beats, well past a slow tick."""
 FORGET_SECONDS = 86_400.0
 """Agents not seen for a day are deleted from the registry."""
+FORGET_STOPPED_SECONDS = 600.0
+"""Agents that stopped cleanly are deleted ten minutes after (a `drain --once` from cron every minute
+leaves ten rows, not a day's worth)."""
 
 
 def agents_document(store: OutboxStore, gone_after: float = GONE_SECONDS) -> list[dict[str, Any]]:

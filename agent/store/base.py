@@ -267,6 +267,7 @@ class OutboxStore(Protocol):
         """Every agent that heartbeated and is not forgotten, the longest-running first."""
         ...
 
-    def forget_agents(self, unseen_for_us: int) -> int:
-        """Delete agents not seen for `unseen_for_us`; returns how many."""
+    def forget_agents(self, unseen_for_us: int, stopped_unseen_for_us: int | None = None) -> int:
+        """Delete agents not seen for `unseen_for_us`, and stopped ones not seen for
+        `stopped_unseen_for_us` (when given); returns how many."""
         ...

@@ -110,6 +110,8 @@ def test_agents_register_accumulate_and_are_forgotten(store_factory: StoreFactor
     assert rows["host-b:2:y"].stopped is False
     assert 0 <= first.seen_ago_us < 60_000_000 and first.started_us <= first.last_seen_us
     assert a.forget_agents(3_600_000_000) == 0
-    time.sleep(0.01)  # the two rows must be older than the bound below; 10 ms is plenty at 1 us
-    assert a.forget_agents(1) == 2
+    time.sleep(0.01)  # the two rows must be older than the bounds below; 10 ms is plenty at 1 us
+    assert a.forget_agents(3_600_000_000, stopped_unseen_for_us=1) == 1  # the stopped one goes sooner
+    assert [r.agent_id for r in b.agents()] == ["host-b:2:y"]
+    assert a.forget_agents(1) == 1
     assert b.agents() == []

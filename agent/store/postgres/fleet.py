@@ -117,7 +117,14 @@ def agents(db: Any) -> list[AgentRow]:
     ]
 
 
-def forget_agents(db: Any, unseen_for_us: int) -> int:
+def forget_agents(db: Any, unseen_for_us: int, stopped_unseen_for_us: int | None) -> int:
+    stopped = unseen_for_us if stopped_unseen_for_us is None else stopped_unseen_for_us
     with db.write() as conn:
-        cur = conn.execute(db.q(f"DELETE FROM {{ag}} WHERE last_seen < {NOW_US} - %s"), (unseen_for_us,))
+        cur = conn.execute(
+            db.q(
+                f"DELETE FROM {{ag}} WHERE last_seen < {NOW_US} - %s "
+                f"OR (stopped AND last_seen < {NOW_US} - %s)"
+            ),
+            (unseen_for_us, stopped),
+        )
         return int(cur.rowcount)

@@ -278,8 +278,8 @@ class SqliteStore(StoreBase):
     def agents(self) -> list[AgentRow]:
         return fleet.agents(self)
 
-    def forget_agents(self, unseen_for_us: int) -> int:
-        return fleet.forget_agents(self, unseen_for_us)
+    def forget_agents(self, unseen_for_us: int, stopped_unseen_for_us: int | None = None) -> int:
+        return fleet.forget_agents(self, unseen_for_us, stopped_unseen_for_us)
 
 
 __all__ = ["SqliteStore"]

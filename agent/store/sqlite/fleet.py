@@ -91,7 +91,12 @@ def agents(db: StoreBase) -> list[AgentRow]:
     ]
 
 
-def forget_agents(db: StoreBase, unseen_for_us: int) -> int:
+def forget_agents(db: StoreBase, unseen_for_us: int, stopped_unseen_for_us: int | None) -> int:
+    stopped = unseen_for_us if stopped_unseen_for_us is None else stopped_unseen_for_us
+    now = _now_us()
     with db.write() as conn:
-        cur = conn.execute("DELETE FROM dodo_outbox_agents WHERE last_seen < ?", (_now_us() - unseen_for_us,))
+        cur = conn.execute(
+            "DELETE FROM dodo_outbox_agents WHERE last_seen < ? OR (stopped = 1 AND last_seen < ?)",
+            (now - unseen_for_us, now - stopped),
+        )
         return int(cur.rowcount)
