@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from agent.delivery.pacing import wait_for_slot
 from agent.store import OutboxStore
 from agent.timestamps import US
 
@@ -77,18 +78,7 @@ class SharedBudget:
         """Block until a slot is taken: True then; False on timeout or when ``sleep`` returns True
         (``threading.Event.wait``: asked to stop). ``clock`` is monotonic, for the timeout only.
         Raises OutboxError when the store cannot be asked."""
-        start = clock()
-        while True:
-            wait = self.try_acquire(clock())
-            if wait <= 0.0:
-                return True
-            if timeout is not None:
-                left = start + timeout - clock()
-                if left <= 0.0:
-                    return False
-                wait = min(wait, left)
-            if sleep(wait) is True:
-                return False
+        return wait_for_slot(self.try_acquire, clock, sleep, timeout)
 
     def slow_down(self, now: float, seconds: float) -> None:
         """After a 429 at ``now`` (monotonic): no slot for the fleet for ``seconds``, rate halved."""

@@ -19,6 +19,7 @@ from typing import Any
 from agent.store import OutboxStore
 from agent.timestamps import US, from_us
 
+STATES = ("active", "stopped", "gone")
 BEAT_SECONDS = 5.0
 """How often a running agent records that it is alive (and its counts since the last beat)."""
 GONE_SECONDS = 60.0
@@ -53,3 +54,11 @@ def agents_document(store: OutboxStore, gone_after: float = GONE_SECONDS) -> lis
             }
         )
     return out
+
+
+def agents_by_state(store: OutboxStore) -> dict[str, int]:
+    """How many agents are `active`, `stopped` and `gone` (the `dodo_outbox_agents` gauge)."""
+    counts = dict.fromkeys(STATES, 0)
+    for agent in agents_document(store):
+        counts[agent["state"]] += 1
+    return counts

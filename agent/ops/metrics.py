@@ -287,7 +287,7 @@ class OutboxCollector(Collector):
 
     def _families(self) -> list[Metric]:
         from agent.ops import status  # status imports the store; import late to keep this module light
-        from agent.ops.fleet import agents_document
+        from agent.ops.fleet import agents_by_state
 
         store, now = self.store, self.clock()
         rows = _gauge("dodo_outbox_events", "Rows in the outbox by state.", ["state"])
@@ -303,15 +303,8 @@ class OutboxCollector(Collector):
         paused = _gauge("dodo_outbox_delivery_paused", "1 while delivery is paused, with why.", ["reason"])
         paused.add_metric([pause_label(pause)], 0 if pause is None else 1)
         families: list[Metric] = [rows, age, paused]
-        agents = _gauge(
-            "dodo_outbox_agents",
-            "Agents working on the outbox (the fleet), by state: active, stopped, gone.",
-            ["state"],
-        )
-        by_state = {"active": 0, "stopped": 0, "gone": 0}
-        for agent in agents_document(store):
-            by_state[agent["state"]] += 1
-        for state, count in by_state.items():
+        agents = _gauge("dodo_outbox_agents", "Agents working on the outbox, by state.", ["state"])
+        for state, count in agents_by_state(store).items():
             agents.add_metric([state], count)
         families.append(agents)
         delivery = _gauge(
