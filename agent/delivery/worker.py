@@ -9,7 +9,9 @@ that the scheduler and ``dodo-outbox drain --once`` share.
 Delivery pauses on a configuration fault (no key, a refused key, a wrong base URL; see ``pause``): no
 row is dead-lettered and no attempt consumed. While paused, one probe batch goes out every
 ``auth_retry_seconds`` with the key read afresh (``keys``); the first answer that proves the key and
-the URL work resumes delivery. Data flows one way: claim → send → settle; the worker owns the parts
+the URL work resumes delivery. Every agent on the outbox shares the rate budget (``budget``), the
+pause and its probe (``pause``) through the store, and heartbeats its row in the fleet's registry
+(``heartbeat``). Data flows one way: claim → send → settle; the worker owns the parts
 (key, pause, breaker, bucket, clock watch) and hands them down, nothing calls back up into it.
 """
 
