@@ -25,7 +25,8 @@ BEAT_SECONDS = 5.0
 GONE_SECONDS = 60.0
 """An agent not seen for this long is shown as gone: twelve missed beats, well past a slow tick."""
 FORGET_SECONDS = 3600.0
-"""Agents not seen for an hour are deleted from the registry (a gone agent is shown, and alerted on, that long)."""
+"""Agents not seen for an hour are deleted from the registry: a gone agent is shown (and alerted on)
+that long."""
 FORGET_STOPPED_SECONDS = 600.0
 """Agents that stopped cleanly are deleted ten minutes after (a `drain --once` from cron every minute
 leaves ten rows, not a day's worth)."""
