@@ -79,9 +79,14 @@ class Outbox:
         checker: Checker | None = None,
         max_event_age: float = MAX_EVENT_AGE_SECONDS,
         schema: str = "dodo_outbox",
+        prepared_statements: bool = True,
     ) -> None:
-        # `path`: an SQLite file, or a postgresql:// URL (the `postgres` extra) with its `schema`.
-        self.store = store or open_store(path, StoreOptions(synchronous=synchronous, schema=schema))
+        # `path`: an SQLite file, or a postgresql:// URL (the `postgres` extra) with its `schema`;
+        # `prepared_statements=False` behind PgBouncer in transaction pooling.
+        self.store = store or open_store(
+            path,
+            StoreOptions(synchronous=synchronous, schema=schema, prepared_statements=prepared_statements),
+        )
         self.location = self.store.location
         """Where the outbox lives, safe to show (a URL's password masked)."""
         self.path = parse_location(self.location)
@@ -113,6 +118,7 @@ class Outbox:
         kwargs.setdefault("max_bytes", settings.outbox.max_bytes)
         kwargs.setdefault("max_event_age", settings.intake.max_event_age)
         kwargs.setdefault("schema", settings.outbox.schema)
+        kwargs.setdefault("prepared_statements", settings.outbox.prepared_statements)
         return cls(path or settings.outbox_location, **kwargs)
 
     def __enter__(self) -> Outbox:

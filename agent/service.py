@@ -143,7 +143,11 @@ class Agent:
         if self.settings.on_postgres:
             return open_store(outbox.url, StoreOptions(schema=outbox.schema))
         path = self.settings.outbox_path
-        options = StoreOptions(synchronous=outbox.synchronous, check_integrity=True)
+        options = StoreOptions(
+            synchronous=outbox.synchronous,
+            check_integrity=True,
+            prepared_statements=outbox.prepared_statements,
+        )
         try:
             return open_store(path, options)
         except OutboxCorruptError as exc:

@@ -107,6 +107,8 @@ tests:
         values: '900x30'
       - series: 'dodo_outbox_max_events{instance="a",job="dodo-outbox"}'
         values: '1000x30'
+      - series: 'dodo_outbox_agents{instance="a",job="dodo-outbox",state="gone"}'
+        values: '0x3 1x20'
     alert_rule_test:
       - {eval_time: 20m, alertname: DodoOutboxBacklogOld, exp_alerts: []}
       - eval_time: 25m
@@ -130,6 +132,10 @@ tests:
         exp_alerts: [{exp_labels: {severity: critical, instance: a, job: dodo-outbox}}]
       - {eval_time: 10m, alertname: DodoOutboxAbsent, exp_alerts: []}
       - {eval_time: 5m, alertname: DodoOutboxRefusingEvents, exp_alerts: []}
+      - {eval_time: 7m, alertname: DodoOutboxAgentGone, exp_alerts: []}
+      - eval_time: 10m
+        alertname: DodoOutboxAgentGone
+        exp_alerts: [{exp_labels: {severity: warning, instance: a}}]
       - eval_time: 15m
         alertname: DodoOutboxNearlyFull
         exp_alerts: [{exp_labels: {severity: warning, instance: a}}]

@@ -28,9 +28,10 @@ def with_password(url: str) -> str:
     return f"{head}://{user}:s3cr3t-pw@{host}"
 
 
-def test_migrate_brings_a_schema_1_outbox_to_2_and_never_prints_the_password(
+def test_migrate_brings_a_schema_1_outbox_to_the_current_one_and_never_prints_the_password(
     postgres_url: str, pg_schema: str
 ) -> None:
+    from agent.store.postgres.schema import SCHEMA_VERSION as NOW
     from tests.store.pg_catalog import build_at
 
     build_at(postgres_url, pg_schema, 1)
@@ -38,11 +39,11 @@ def test_migrate_brings_a_schema_1_outbox_to_2_and_never_prints_the_password(
     env = {"DODO_OUTBOX_OUTBOX_SCHEMA": pg_schema}
     first = run("--outbox", url, env=env)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.startswith(f"migrated {pg_schema} from schema 1 to 2 (postgresql://postgres:***@")
+    assert first.stdout.startswith(f"migrated {pg_schema} from schema 1 to {NOW} (postgresql://postgres:***@")
     again = run("--outbox", url, "--json", env=env)
     assert again.returncode == 0, again.stderr
     doc = json.loads(again.stdout)
-    assert (doc["schema"], doc["from_version"], doc["to_version"]) == (pg_schema, 2, 2)
+    assert (doc["schema"], doc["from_version"], doc["to_version"]) == (pg_schema, NOW, NOW)
     assert ":***@" in doc["outbox"]
     for proc in (first, again):
         assert "s3cr3t-pw" not in proc.stdout + proc.stderr

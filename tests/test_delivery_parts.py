@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from structlog.testing import capture_logs
 
 from agent.config import DeliverySettings, DodoSettings, Settings
@@ -61,7 +62,7 @@ def test_a_refused_key_pauses_records_the_pause_and_a_delivery_resumes(store: St
         assert pause.blocked() and pause.kind == "auth"
         reason = pause.reason
         assert reason is not None and "DODO_PAYMENTS_API_KEY" in reason and "HTTP 401" in reason
-        assert status.read_pause(store) == {"reason": pause.reason, "since": T}
+        assert status.read_pause(store) == {"reason": pause.reason, "since": T, "kind": "auth"}
         pause.observe(Outcome.RETRY, SendResult(None, "timeout", 1.0), T + 2)  # proves nothing
         assert pause.blocked()
         pause.observe(Outcome.DELIVERED, DELIVERED, T + 40)
@@ -80,18 +81,32 @@ def test_a_404_pauses_with_the_base_url_in_the_reason(store: Store) -> None:
     )
 
 
-def test_one_probe_per_auth_retry_seconds_and_reload_makes_it_due(store: Store) -> None:
-    pause = pause_on(store)
-    pause.observe(Outcome.PAUSE_AUTH, REFUSED, T)
+def test_one_probe_per_auth_retry_seconds_for_the_fleet_and_reload_makes_it_due(store: Store) -> None:
+    # The probe of an auth pause is the fleet's: a slot of the store, timed by the store's clock.
+    now = time.time()
+    pause, other = pause_on(store), pause_on(store)
+    pause.observe(Outcome.PAUSE_AUTH, REFUSED, now)
+    other.sync(now)
+    assert other.blocked() and other.kind == "auth"
+    assert not pause.take_probe(now) and not other.take_probe(now)  # a period away for everyone
+    assert pause.next_probe == pytest.approx(now + 30, abs=5)
+    other.probe_now()  # the other agent re-read its key: the fleet's probe is due at once
+    taken = [pause.take_probe(now), other.take_probe(now)]
+    assert sorted(taken) == [False, True]  # one probe for the two agents
+    assert not pause.take_probe(now) and not other.take_probe(now)
+    pause.shift_back(20.0)  # the wall clock stepped back 20 s: the probe stays as far ahead
+    assert pause.next_probe == pytest.approx(now + 30 - 20, abs=5)
+
+
+def test_no_key_probes_are_the_agents_own(store: Store) -> None:
+    pause = pause_on(store, keys_from({}))
+    pause.no_key(T)
     assert pause.next_probe == T + 30
     assert not pause.take_probe(T + 29.9)
     assert pause.take_probe(T + 30)
-    assert pause.next_probe == T + 60  # taken: the next one is a period later
     assert not pause.take_probe(T + 31)
     pause.probe_now()
     assert pause.take_probe(T + 31)
-    pause.shift_back(20.0)  # the wall clock stepped back 20 s: the probe stays 30 s ahead
-    assert pause.next_probe == T + 61 - 20
 
 
 def test_no_key_pauses_with_the_sources_reason_and_only_a_key_ends_it(store: Store) -> None:

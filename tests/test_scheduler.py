@@ -16,7 +16,7 @@ import pytest
 
 from agent.config import DeliverySettings, Settings
 from agent.delivery.batch import DrainReport
-from agent.delivery.scheduler import AgentScheduler
+from agent.delivery.scheduler import AgentScheduler, next_poll
 from agent.emulator import EmulatorServer
 from agent.outbox import Outbox
 from tests.builders import make_settings, make_worker
@@ -46,6 +46,11 @@ class StubWorker:
         self.most_active = 0
         self.gate: threading.Event | None = None
         self.stops: list[threading.Event | None] = []
+        self.at: list[float] = []
+        self.work: list[int] = []
+        """Rows each drain claims, in order (then none)."""
+        self.heartbeat = _StubBeat()
+        self.on_drain: Callable[[], object] | None = None
         self._lock = threading.Lock()
 
     def drain_until_idle(self, stop: threading.Event | None = None, on_progress: Any = None) -> DrainReport:
@@ -54,7 +59,11 @@ class StubWorker:
             self.active += 1
             self.most_active = max(self.most_active, self.active)
             self.stops.append(stop)
+            self.at.append(time.monotonic())
             due = self.next_due.pop(0) if self.next_due else None
+            claimed = self.work.pop(0) if self.work else 0
+            if self.on_drain is not None:
+                self.on_drain()
         try:
             if self.gate is not None:
                 self.gate.wait(10)
@@ -62,19 +71,24 @@ class StubWorker:
         finally:
             with self._lock:
                 self.active -= 1
-        return DrainReport(next_due=due)
+        return DrainReport(next_due=due, claimed=claimed)
 
 
-def settings(interval: float = LONG) -> Settings:
-    return Settings(delivery=DeliverySettings(interval_seconds=interval))
+class _StubBeat:
+    def beat(self) -> bool:
+        return True
+
+
+def settings(interval: float = LONG, idle_max: float = 5.0) -> Settings:
+    return Settings(delivery=DeliverySettings(interval_seconds=interval, idle_interval_max_seconds=idle_max))
 
 
 @pytest.fixture
 def make_scheduler() -> Iterator[Callable[..., AgentScheduler]]:
     started: list[AgentScheduler] = []
 
-    def make(worker: Any, interval: float = LONG) -> AgentScheduler:
-        scheduler = AgentScheduler(worker, settings(interval))
+    def make(worker: Any, interval: float = LONG, idle_max: float = 5.0) -> AgentScheduler:
+        scheduler = AgentScheduler(worker, settings(interval, idle_max))
         started.append(scheduler)
         return scheduler
 
@@ -205,3 +219,38 @@ def test_an_enqueued_event_reaches_dodo_within_one_round_trip(
             assert scheduler.shutdown(5)
             worker.close()
     assert fake_dodo.stats()["requests"] <= 2, fake_dodo.ingest_log()
+
+
+# -- adaptive idle polling ---------------------------------------------------------------------------
+
+
+def test_the_idle_poll_doubles_up_to_its_cap_and_work_resets_it() -> None:
+    assert next_poll(1.0, 1.0, 5.0, busy=False) == 2.0
+    assert next_poll(4.0, 1.0, 5.0, busy=False) == 5.0
+    assert next_poll(5.0, 1.0, 5.0, busy=False) == 5.0
+    assert next_poll(5.0, 1.0, 5.0, busy=True) == 1.0
+    assert next_poll(1.0, 1.0, 0.5, busy=False) == 1.0  # a cap below the interval: a fixed pace
+
+
+def test_an_idle_agent_polls_less_often_and_a_wake_or_work_brings_it_back(
+    make_scheduler: Callable[..., AgentScheduler],
+) -> None:
+    worker = StubWorker()
+    scheduler = make_scheduler(worker, interval=0.05, idle_max=0.4)
+    scheduler.start()
+    assert wait_for(lambda: worker.calls >= 6)
+    assert scheduler.poll_delay == 0.4
+    gaps = [b - a for a, b in zip(worker.at, worker.at[1:], strict=False)]
+    # A scheduler runs a job no sooner than asked: once backed off, the polls are the cap apart.
+    assert min(gaps[4:]) >= 0.35
+    seen: list[float] = []  # the poll delay each drain starts with: what the drain before it left
+    with worker._lock:
+        worker.on_drain = lambda: seen.append(scheduler.poll_delay)
+    scheduler.wake()
+    assert wait_for(lambda: len(seen) >= 1)
+    assert seen[0] == 0.05  # the wake reset it
+    with worker._lock:
+        seen.clear()
+        worker.work = [0, 0, 0, 5]  # a few idle drains back it off, then one finds work
+    assert wait_for(lambda: len(seen) >= 5)
+    assert seen[1] > 0.05 and seen[4] == 0.05  # backed off while idle, back to the interval after work

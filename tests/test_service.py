@@ -165,6 +165,8 @@ def test_events_from_every_intake_arrive_and_sigterm_is_clean(
     assert (spool / "done" / "batch.ndjson").exists()
     status = httpx.get(f"{run.url}/v1/status", headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert status["delivered"] == 15 and status["pending"] == 0
+    # The running agent is in the fleet's registry, under its own pid.
+    assert [(a["state"], a["pid"]) for a in status["agents"]] == [("active", run.proc.pid)]
 
     # A slow Dodo, a batch in flight, then SIGTERM: the batch finishes, exit 0, nothing lost.
     dodo.set_faults(latency_ms=1500)
@@ -187,6 +189,9 @@ def test_events_from_every_intake_arrive_and_sigterm_is_clean(
         counts = store.counts()
         assert counts["inflight"] == 0 and counts["dead"] == 0
         assert counts["delivered"] + counts["pending"] == 65
+        # Its last beat on the way out: stopped, with every event it delivered counted.
+        (agent_row,) = store.agents()
+        assert agent_row.stopped and agent_row.delivered == counts["delivered"]
     delivered_ids = {e for e in dodo.events}
     # Whatever was not delivered before the stop is still pending in the outbox: nothing lost.
     with Store(run.db) as store:

@@ -25,6 +25,7 @@ from structlog.testing import capture_logs
 
 from agent.config import DodoSettings
 from agent.delivery.client import DodoClient
+from agent.delivery.pause import PROBE_SLOT
 from agent.delivery.worker import Worker
 from agent.emulator import EmulatorServer
 from agent.events import Event
@@ -390,6 +391,9 @@ def test_401_pauses_refunds_and_resumes_when_the_key_file_is_fixed(
         assert worker.drain_once(now=t + 1).sent == 0  # no probe before auth_retry_seconds
         assert worker.drain_until_idle().sent == 0
         key_file.write_text(KEY + "\n")
+        # The fleet's probe slot is timed by the store's clock, not the tick's `now`: let its
+        # auth_retry_seconds pass by freeing it.
+        store.reset_slot(PROBE_SLOT)
         report = worker.drain_once(now=t + 31)  # the probe, with the key read afresh
         assert report.paused is None and report.delivered == 2
         assert worker.paused is None and status.read_pause(store) is None
@@ -431,7 +435,12 @@ def test_404_pauses_with_its_own_reason(store: Store, fake: EmulatorServer) -> N
     worker = make_worker(store, make_settings(fake.url + "/wrong/prefix"))
     report = worker.drain_once()
     assert report.paused is not None and "404" in report.paused and "[dodo] base_url" in report.paused
-    assert status.read_pause(store) == {"reason": report.paused, "since": pytest.approx(time.time(), abs=5)}
+    assert status.read_pause(store) == {
+        "reason": report.paused,
+        "since": pytest.approx(time.time(), abs=5),
+        "kind": "not_found",
+        "by": worker.owner,
+    }
     assert {(r["state"], r["attempts"]) for r in rows(store).values()} == {("pending", 0)}
     assert report.dead == 0
     worker.close()

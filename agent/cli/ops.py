@@ -122,7 +122,9 @@ def render_status(document: dict[str, Any]) -> None:
     if document["paused"]:
         since = document.get("paused_since")
         ago = f" for {common.human_age(time.time() - since)}" if since else ""
-        state = f"[bold red]PAUSED[/bold red]{ago}: {escape(str(document['paused_reason']))}"
+        by = document.get("paused_by")
+        seen = f" (seen by {escape(str(by))}; every agent on this outbox is paused)" if by else ""
+        state = f"[bold red]PAUSED[/bold red]{ago}: {escape(str(document['paused_reason']))}{seen}"
     else:
         state = "[green]running[/green]"
     # Every text that comes from outside (paths, pause and dead reasons) is escaped: rich would read a
@@ -165,6 +167,37 @@ def render_status(document: dict[str, Any]) -> None:
         out.print(f"no meter counts (last hour)  {shown}", markup=False)
     for warning in document.get("warnings", ()):
         out.print(f"[bold yellow]WARNING[/bold yellow]: {escape(warning)}")
+    render_agents(document.get("agents") or [])
+
+
+def render_agents(agents: list[dict[str, Any]]) -> None:
+    """The agents working on the outbox: where, last seen, and each one's share of the deliveries."""
+    if not agents:
+        return
+    table = Table(box=None, pad_edge=False, show_edge=False, title_justify="left")
+    for title, justify in (
+        ("agent", "left"),
+        ("state", "left"),
+        ("last seen", "right"),
+        ("claimed", "right"),
+        ("delivered", "right"),
+        ("share", "right"),
+    ):
+        table.add_column(title, justify=justify)  # type: ignore[arg-type]
+    styles = {"active": "green", "stopped": "default", "gone": "red"}
+    for agent in agents:
+        style = styles.get(agent["state"], "default")
+        share = agent["delivered_share"]
+        table.add_row(
+            escape(f"{agent['host']} pid {agent['pid']}"),
+            f"[{style}]{agent['state']}[/{style}]",
+            f"{common.human_age(agent['last_seen_seconds_ago'])} ago",
+            f"{agent['claimed']:,}",
+            f"{agent['delivered']:,}",
+            "-" if share is None else f"{share:.0%}",
+        )
+    common.out.print(f"agents on this outbox  {sum(a['state'] == 'active' for a in agents)} active")
+    common.out.print(table)
 
 
 COMMANDS: list[click.Command] = [status, dlq]

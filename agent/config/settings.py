@@ -56,6 +56,8 @@ class OutboxSettings:
     max_events: int = _opt(1_000_000, low=1)
     max_bytes: int = _opt(0, low=0)
     delivered_retention_hours: float = _opt(168.0, low=0)
+    prepared_statements: bool = _opt(True)
+    """PostgreSQL only: false behind a PgBouncer in transaction pooling that does not track them."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class DeliverySettings:
     batch_max_events: int = _opt(1000, low=1, high=1000)
     batch_max_bytes: int = _opt(1_000_000, low=1024)
     interval_seconds: float = _opt(1.0, low=0.01)
+    idle_interval_max_seconds: float = _opt(5.0, low=0.01)
+    """Idle polling backs off from interval_seconds up to this; work or a local enqueue resets it."""
     max_in_flight: int = _opt(2, low=1, high=64)
     requests_per_minute: float = _opt(240.0, low=0)
     burst: int = _opt(40, low=1)

@@ -1,4 +1,6 @@
-"""Request pacing: one token bucket shared by every sender thread, with AIMD slow-down on 429.
+"""Request pacing: a local token bucket with AIMD slow-down on 429 (the meters pull paces itself with
+it), the :class:`Pacer` shape senders take, and the wait loop both pacers share. Delivery paces with the
+fleet's :class:`~agent.delivery.budget.SharedBudget` instead, the same rules kept in the outbox.
 
 Pure apart from a lock: no clock is read and nothing sleeps inside. Callers pass ``now`` from one
 monotonic clock (``time.monotonic()``); :meth:`TokenBucket.acquire` takes the clock and the sleep as
@@ -11,6 +13,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Protocol
+
+
+class Pacer(Protocol):
+    """What the senders need of a pacer: this module's local :class:`TokenBucket` (meters pull), or
+    the fleet's :class:`~agent.delivery.budget.SharedBudget` (delivery)."""
+
+    def acquire(
+        self, clock: Callable[[], float], sleep: Callable[[float], object], timeout: float | None = None
+    ) -> bool: ...
+
+    def slow_down(self, now: float, seconds: float) -> None: ...
+
+    def on_success(self) -> None: ...
 
 
 class TokenBucket:
@@ -131,16 +147,27 @@ class TokenBucket:
         ``threading.Event.wait``: when it returns True (the event was set, e.g. shutdown) this gives
         up and returns False. ``timeout`` bounds the total wait in seconds (None = no bound).
         """
-        start = clock()
-        while True:
-            now = clock()
-            wait = self.try_acquire(now)
-            if wait <= 0.0:
-                return True
-            if timeout is not None:
-                left = start + timeout - now
-                if left <= 0.0:
-                    return False
-                wait = min(wait, left)
-            if sleep(wait) is True:
+        return wait_for_slot(self.try_acquire, clock, sleep, timeout)
+
+
+def wait_for_slot(
+    try_acquire: Callable[[float], float],
+    clock: Callable[[], float],
+    sleep: Callable[[float], object],
+    timeout: float | None,
+) -> bool:
+    """Ask ``try_acquire(now)`` (0: taken, else seconds to wait) until it gives a slot: True then;
+    False on ``timeout`` or when ``sleep`` returns True (``threading.Event.wait``: asked to stop)."""
+    start = clock()
+    while True:
+        now = clock()
+        wait = try_acquire(now)
+        if wait <= 0.0:
+            return True
+        if timeout is not None:
+            left = start + timeout - now
+            if left <= 0.0:
                 return False
+            wait = min(wait, left)
+        if sleep(wait) is True:
+            return False

@@ -5,7 +5,20 @@ An idle agent must deliver a new event within one round trip, not one interval: 
 (connected by the service to ``Outbox.add_listener``) runs the drain now. A wake that arrives while a
 drain runs is not lost: the running drain goes round once more before it finishes. Each drain is a
 burst (``Worker.drain_until_idle``): it repeats while anything is due, so a backlog is not paced by
-the interval.
+the interval: after a full batch the next claim goes at once (the shared budget paces the
+requests, not the claims).
+
+While idle, the polling backs off: each drain that found nothing doubles the wait before the next,
+from ``interval_seconds`` up to ``idle_interval_max_seconds`` (:func:`next_poll`); any work, or a
+wake, brings it back to ``interval_seconds``. A retry due sooner still runs when due. Events another
+process commits (an app's transaction on PostgreSQL, a fleet's other hosts) are seen at the next
+poll: within ``idle_interval_max_seconds``.
+
+LISTEN/NOTIFY is not used: a NOTIFY in the producer's transaction takes a database-wide lock at
+commit (every committing producer queues behind it under load), and a LISTEN holds a session, which
+PgBouncer's transaction pooling does not give (the agent keeps no session state; see the README's
+"Running a fleet"). An opt-in listener for direct connections is left for later; the backoff's cap
+bounds the latency it would save.
 """
 
 from __future__ import annotations
@@ -14,19 +27,29 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent.config import Settings
+from agent.delivery.batch import DrainReport
 from agent.delivery.worker import Worker
 from agent.logs import get_logger
+from agent.ops.fleet import BEAT_SECONDS
 
 log = get_logger(__name__)
 
 DRAIN_JOB = "drain"
+
+
+def next_poll(current: float, interval: float, cap: float, busy: bool) -> float:
+    """The wait before the next poll: ``interval`` after work, else double ``current``, at most
+    ``cap`` (never below ``interval``)."""
+    if busy:
+        return interval
+    return max(interval, min(cap, current * 2))
 
 
 class _SkipNoise(logging.Filter):
@@ -57,6 +80,10 @@ class AgentScheduler:
         self.worker = worker
         self.settings = settings
         interval = settings.delivery.interval_seconds
+        self._interval = interval
+        self._poll_cap = max(interval, settings.delivery.idle_interval_max_seconds)
+        self.poll_delay = interval
+        """The wait before the next poll: interval_seconds after work, growing while idle."""
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._running = False  # a drain job is executing
@@ -85,6 +112,8 @@ class AgentScheduler:
             name=DRAIN_JOB,
             next_run_time=datetime.now(UTC),
         )
+        # The agent's row in the fleet's registry, on its own clock: a long drain is not a dead agent.
+        self.add_interval_job(lambda: self.worker.heartbeat.beat(), BEAT_SECONDS, "heartbeat")
 
     def start(self) -> None:
         """Start the scheduler thread; the first drain runs at once."""
@@ -105,6 +134,7 @@ class AgentScheduler:
         """Run the drain now (or once more, if one is running). Returns at once."""
         with self._lock:
             self._wanted = True
+            self.poll_delay = self._interval
             if self._running or self._nudged or self._stop.is_set():
                 return
             self._nudged = True
@@ -131,6 +161,7 @@ class AgentScheduler:
                         self._running = False
                         break
             if report is not None:
+                self._back_off(report)
                 self._run_again_at(report.next_due)
         except Exception:
             log.exception("drain_failed")
@@ -138,6 +169,21 @@ class AgentScheduler:
             with self._lock:
                 self._running = False
             self._idle.set()
+
+    def _back_off(self, report: DrainReport) -> None:
+        """While idle, put the next poll off by the growing ``poll_delay`` (see :func:`next_poll`)."""
+        # Under the lock wake() takes: a wake either lands first (busy: no backoff) or moves the run
+        # to now after this, so a backoff never swallows a wake.
+        with self._lock:
+            busy = bool(report.claimed or report.sent or self._wanted)
+            self.poll_delay = next_poll(self.poll_delay, self._interval, self._poll_cap, busy)
+            if self.poll_delay <= self._interval or self._stop.is_set():
+                return  # the interval trigger's own pace
+            when = datetime.now(UTC) + timedelta(seconds=self.poll_delay)
+            try:
+                self._scheduler.modify_job(DRAIN_JOB, next_run_time=when)
+            except Exception:  # shut down meanwhile
+                log.debug("reschedule_ignored", exc_info=True)
 
     def _run_again_at(self, next_due: float | None) -> None:
         """Bring the next drain forward to ``next_due`` (epoch seconds) when that is before the next tick.

@@ -36,7 +36,7 @@ from agent.config import DeliverySettings
 from agent.delivery.backoff import DestinationBackoff, Outcome, classify
 from agent.delivery.batch import Batch, Counts
 from agent.delivery.client import DodoClient, SendResult, build_body
-from agent.delivery.pacing import TokenBucket
+from agent.delivery.pacing import Pacer
 from agent.delivery.pause import Pause
 from agent.delivery.settle import Settler
 from agent.logs import get_logger
@@ -78,7 +78,7 @@ class BatchRunner:
         settings: DeliverySettings,
         *,
         owner: str,
-        pacer: TokenBucket,
+        pacer: Pacer,
         breaker: DestinationBackoff,
         pause: Pause,
         rand: Callable[[], float],

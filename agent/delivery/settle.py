@@ -37,7 +37,7 @@ from agent.delivery.backoff import (
 )
 from agent.delivery.batch import Batch
 from agent.delivery.client import SendResult
-from agent.delivery.pacing import TokenBucket
+from agent.delivery.pacing import Pacer
 from agent.logs import get_logger
 from agent.ops import metrics
 from agent.store import Claimed, OutboxStore
@@ -55,7 +55,7 @@ class Settler:
         settings: DeliverySettings,
         *,
         owner: str,
-        pacer: TokenBucket,
+        pacer: Pacer,
         breaker: DestinationBackoff,
         rand: Callable[[], float],
     ) -> None:

@@ -9,7 +9,9 @@ that the scheduler and ``dodo-outbox drain --once`` share.
 Delivery pauses on a configuration fault (no key, a refused key, a wrong base URL; see ``pause``): no
 row is dead-lettered and no attempt consumed. While paused, one probe batch goes out every
 ``auth_retry_seconds`` with the key read afresh (``keys``); the first answer that proves the key and
-the URL work resumes delivery. Data flows one way: claim → send → settle; the worker owns the parts
+the URL work resumes delivery. Every agent on the outbox shares the rate budget (``budget``), the
+pause and its probe (``pause``) through the store, and heartbeats its row in the fleet's registry
+(``heartbeat``). Data flows one way: claim → send → settle; the worker owns the parts
 (key, pause, breaker, bucket, clock watch) and hands them down, nothing calls back up into it.
 """
 
@@ -27,10 +29,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from agent.config import ApiKey, Settings
 from agent.delivery.backoff import DestinationBackoff
 from agent.delivery.batch import Batch, Counts, DrainReport, prepare
+from agent.delivery.budget import SharedBudget
 from agent.delivery.client import BODY_OVERHEAD, DodoClient
 from agent.delivery.clockwatch import ClockWatch
+from agent.delivery.heartbeat import Heartbeat
 from agent.delivery.keys import ApiKeys
-from agent.delivery.pacing import TokenBucket
 from agent.delivery.pause import Pause
 from agent.delivery.send import BatchRunner
 from agent.store import OutboxStore
@@ -60,10 +63,12 @@ class Worker:
         self._clock = clock
         d = settings.delivery
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.pacer = TokenBucket(d.requests_per_minute, d.burst)
+        # One budget and one pause for every agent on this outbox (the fleet): see budget and pause.
+        self.pacer = SharedBudget(store, d.requests_per_minute, d.burst)
         self.breaker = DestinationBackoff()
         self.keys = ApiKeys(settings, environ)
-        self.pause = Pause(store, d, base_url=client.base_url, keys=self.keys)
+        self.pause = Pause(store, d, base_url=client.base_url, keys=self.keys, agent_id=self.owner)
+        self.heartbeat = Heartbeat(store, self.owner)
         self.clockwatch = ClockWatch(store, d, clock)
         self.last_tick = time.monotonic()
         self._closed = threading.Event()
@@ -135,9 +140,12 @@ class Worker:
             if step:  # the wall clock stepped back: keep our own instants as far ahead as they were
                 self.breaker.shift_back(step)
                 self.pause.shift_back(step)
-            return self._tick(self._clock() if now is None else now, stop)
+            report = self._tick(self._clock() if now is None else now, stop)
+            self.heartbeat.count(claimed=report.claimed, delivered=report.delivered)
+            return report
         finally:
             self.last_tick = time.monotonic()
+            self.heartbeat.beat()
 
     def _tick(self, base: float, stop: threading.Event) -> DrainReport:
         started = time.monotonic()
@@ -148,6 +156,7 @@ class Worker:
         report = DrainReport()
         if stop.is_set():
             return report
+        self.pause.sync(base)  # another agent's 401/404 pauses us too; its proof of life resumes us
         probe = False
         if self.pause.blocked():
             if not self.pause.take_probe(base):
@@ -252,3 +261,5 @@ class Worker:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self.client.close()
+        if not self.store.closed:
+            self.heartbeat.beat(stopped=True)

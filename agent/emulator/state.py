@@ -198,7 +198,14 @@ class EmulatorState:
             self._counts["rejected_requests"] += 1
         ingested = answer.body.get("ingested_count") if answer and answer.status == 200 else None
         size = None if body is None else len(body)
-        self._log.append({"outcome": outcome, "ingested_count": ingested, "body_bytes": size})
+        self._log.append(
+            {
+                "outcome": outcome,
+                "ingested_count": ingested,
+                "body_bytes": size,
+                "at": round(self._monotonic(), 6),
+            }
+        )
 
     def read(self, authorization: str | None, resource: str, params: Mapping[str, str]) -> Answer:
         """Answer a read of ``resource``: ``"event"`` (``params["event_id"]``), ``"events"``, ``"meters"``."""
@@ -277,7 +284,8 @@ class EmulatorState:
 
     def ingest_log(self) -> list[dict[str, Any]]:
         """One entry per ingest request (the last 10,000): ``outcome`` (a status, ``drop``, ``timeout``,
-        ``ack_lost``), ``ingested_count`` (200 only), ``body_bytes`` (None: over the limit)."""
+        ``ack_lost``), ``ingested_count`` (200 only), ``body_bytes`` (None: over the limit), ``at`` (when
+        it arrived, on the emulator's monotonic clock, seconds: request rates per window)."""
         with self._lock:
             return [dict(entry) for entry in self._log]
 

@@ -287,6 +287,7 @@ class OutboxCollector(Collector):
 
     def _families(self) -> list[Metric]:
         from agent.ops import dbmetrics, status  # they import the store: late, to keep this module light
+        from agent.ops.fleet import agents_by_state
 
         store, now = self.store, self.clock()
         rows = _gauge("dodo_outbox_events", "Rows in the outbox by state.", ["state"])
@@ -302,6 +303,10 @@ class OutboxCollector(Collector):
         paused = _gauge("dodo_outbox_delivery_paused", "1 while delivery is paused, with why.", ["reason"])
         paused.add_metric([pause_label(pause)], 0 if pause is None else 1)
         families: list[Metric] = [rows, age, paused]
+        agents = _gauge("dodo_outbox_agents", "Agents working on the outbox, by state.", ["state"])
+        for state, count in agents_by_state(store).items():
+            agents.add_metric([state], count)
+        families.append(agents)
         delivery = _gauge(
             "dodo_outbox_delivery_success_ratio",
             "Events delivered / (delivered + dead-lettered) over the window; NaN when none settled.",

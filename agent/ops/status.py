@@ -7,7 +7,8 @@ Public contract (monitoring scripts read these; add keys, never rename): `pendin
 `rates` (per window `5m` / `1h`), `top_dead_reasons` and `delivered_per_minute`; `meter_checks`
 (with `meter_warnings` and `unmatched_by_name`) when built with the settings; `database` (dead
 tuples and the oldest open transaction on PostgreSQL, null on SQLite) and `warnings` (sentences,
-see agent/ops/dbhealth.py).
+see agent/ops/dbhealth.py); since issue 14 `paused_kind` (`auth`, `not_found`, `no_key`), `paused_by`
+(the agent that saw it) and `agents` (the fleet working on the outbox: agent/ops/fleet.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from agent.config import Settings
 from agent.meters.report import status_section
 from agent.ops import dbhealth
+from agent.ops.fleet import agents_document
 from agent.store import OutboxStore, WindowRates
 from agent.timestamps import from_us, to_us
 
@@ -64,6 +66,9 @@ def build(
         "paused": paused is not None,
         "paused_reason": None if paused is None else paused.get("reason"),
         "paused_since": None if paused is None else paused.get("since"),
+        "paused_kind": None if paused is None else paused.get("kind"),
+        "paused_by": None if paused is None else paused.get("by"),
+        "agents": agents_document(store),
         "rates": {name: rate_document(r) for name, r in zip(WINDOWS, rates, strict=True)},
         "top_dead_reasons": [{"reason": r, "count": n} for r, n in store.top_dead_reasons(5)],
         "delivered_per_minute": store.delivered_per_minute(now_us, minutes=SPARKLINE_MINUTES),
@@ -135,14 +140,20 @@ def read_pause(store: OutboxStore) -> dict[str, Any] | None:
     return value or None
 
 
-def write_pause(store: OutboxStore, reason: str | None, now: float, kind: str | None = None) -> None:
-    """Record (reason) or clear (None) the delivery pause, for `status` in any process.
+def write_pause(
+    store: OutboxStore, reason: str | None, now: float, kind: str | None = None, by: str | None = None
+) -> None:
+    """Record (reason) or clear (None) the delivery pause, for `status` in any process and for every
+    agent of the fleet (agent/delivery/pause.py reads it on each tick).
 
-    `kind` is a short code (`auth`, `not_found`) that becomes the `reason` label of the
-    `dodo_outbox_delivery_paused` metric; `reason` is the sentence shown to people.
+    `kind` is a short code (`auth`, `not_found`, `no_key`) that becomes the `reason` label of the
+    `dodo_outbox_delivery_paused` metric; `reason` is the sentence shown to people; `by` is the
+    agent that saw it (its lease owner, `host:pid:random`).
     """
     record: dict[str, Any] = {"reason": reason, "since": round(now, 3)}
     if kind is not None:
         record["kind"] = kind
+    if by is not None:
+        record["by"] = by
     value = "" if reason is None else json.dumps(record)
     store.kv_set(PAUSE_KEY, value, to_us(now))

@@ -29,6 +29,7 @@ from typing import Any, Protocol, Self
 from agent.errors import EventConflictError
 from agent.events import Event
 from agent.store.records import (
+    AgentRow,
     Claimed,
     DeadFilter,
     EventRecord,
@@ -246,4 +247,53 @@ class OutboxStore(Protocol):
     def cap_future(self, *, now_us: int, max_delay_us: int, lease_us: int) -> int:
         """Retries due later than `now_us + max_delay_us` become due now; leases longer than `lease_us`
         from now (by the clock that times leases) end then. Returns rows moved."""
+        ...
+
+    # -- the fleet: shared slots (the rate budget, the pause's probe) and the agents' registry ----
+    # Timed by the store's clock (PostgreSQL's own, so agents on hosts with skewed clocks agree); the
+    # rules are agent/store/rules.py's GCRA. Every agent on the outbox shares these rows.
+
+    def take_slot(self, name: str, *, per_minute: float, burst: int, recovery: float = 0.0) -> int:
+        """Take one slot of the budget `name` (`per_minute` requests/min, `burst` at once): returns 0
+        when taken, else the microseconds to wait before asking again (at least 1 ms). One atomic
+        statement. A slot taken while the budget is slowed down brings its rate `recovery`
+        requests/min back towards `per_minute`."""
+        ...
+
+    def hold_slot(
+        self, name: str, *, delay_us: int, per_minute: float, burst: int, slow_down: bool = False
+    ) -> None:
+        """No slot of `name` for anyone before `delay_us` from now, then one per interval (a 429's
+        Retry-After, a pause's next probe); `slow_down` also halves the budget's rate (AIMD)."""
+        ...
+
+    def reset_slot(self, name: str) -> None:
+        """The next slot of `name` is free at once (a re-read key makes the probe due now)."""
+        ...
+
+    def slot_rate(self, name: str) -> float | None:
+        """The slowed-down rate of `name` (requests/min), or None while it is not slowed."""
+        ...
+
+    def heartbeat(
+        self,
+        agent_id: str,
+        *,
+        host: str,
+        pid: int,
+        claimed: int = 0,
+        delivered: int = 0,
+        stopped: bool = False,
+    ) -> None:
+        """Record that `agent_id` is alive now, adding `claimed` and `delivered` to its totals
+        (`stopped`: it shut down cleanly). The first beat registers it."""
+        ...
+
+    def agents(self) -> list[AgentRow]:
+        """Every agent that heartbeated and is not forgotten, the longest-running first."""
+        ...
+
+    def forget_agents(self, unseen_for_us: int, stopped_unseen_for_us: int | None = None) -> int:
+        """Delete agents not seen for `unseen_for_us`, and stopped ones not seen for
+        `stopped_unseen_for_us` (when given); returns how many."""
         ...

@@ -39,6 +39,9 @@ class StoreOptions:
     check_integrity: bool = False
     schema: str = "dodo_outbox"  # agent.store.location.DEFAULT_SCHEMA
     """PostgreSQL only: the schema holding the outbox tables (`[outbox] schema`)."""
+    prepared_statements: bool = True
+    """PostgreSQL only: let psycopg prepare repeated statements (`[outbox] prepared_statements`);
+    off behind a PgBouncer in transaction pooling that does not track them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,3 +291,22 @@ class VacuumHealth:
     oldest_transaction_age_seconds: float | None
     oldest_transaction_pid: int | None
     oldest_transaction_state: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRow:
+    """One agent of the fleet, as its heartbeats left it (`status` lists them).
+
+    `seen_ago_us` is measured on the store's clock (PostgreSQL's, for a fleet across hosts), like
+    `last_seen_us`, so hosts with skewed clocks still agree on who is gone.
+    """
+
+    agent_id: str
+    host: str
+    pid: int
+    started_us: int
+    last_seen_us: int
+    seen_ago_us: int
+    claimed: int
+    delivered: int
+    stopped: bool

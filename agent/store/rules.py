@@ -157,3 +157,54 @@ def restamped_payload(payload: str, now_us: int) -> str:
     """`payload` with its timestamp replaced by `now_us` (canonical: the timestamp stays last)."""
     moment = datetime.fromtimestamp(from_us(now_us), UTC)
     return strip_timestamp(payload)[:-1] + f',"timestamp":"{format_timestamp(moment)}"}}'
+
+
+# -- the fleet's shared slots (the rate budget, the pause's probe): GCRA -------------------------------
+#
+# A slot row keeps `tat`, the theoretical arrival time of the next request (microseconds), and `rate`,
+# the slowed-down rate after a 429 (requests/min; NULL: not slowed). With the interval t = 60 s / rate,
+# a request at `now` is admitted when max(tat, now) + t - now <= burst * t, and then tat moves to
+# max(tat, now) + t: `burst` requests at once from rest, then one per t. No tokens are stored, so one
+# guarded UPDATE takes a slot (PostgreSQL's SQL in agent/store/postgres/fleet.py says the same).
+
+MIN_SLOT_WAIT_US = 1000
+"""The shortest wait a refused slot reports: a waiter never spins."""
+
+
+def slot_interval_us(per_minute: float, slowed: float | None) -> float:
+    """Microseconds between slots at the configured rate, or the slowed one when lower; 0 when
+    unlimited (`per_minute <= 0`: only a hold, the server's explicit wait, stops a request)."""
+    if per_minute <= 0:
+        return 0.0
+    return 60_000_000.0 / min(per_minute, per_minute if slowed is None else slowed)
+
+
+def gcra_take(tat: int, now: int, interval: float, burst: int) -> tuple[int | None, int]:
+    """(the new tat, 0) when a slot is free at `now`, else (None, microseconds to wait)."""
+    start = max(tat, now)
+    if start + interval - now <= burst * interval:
+        return int(start + interval), 0
+    return None, max(MIN_SLOT_WAIT_US, int(tat - (burst - 1) * interval - now))
+
+
+def recovered(slowed: float | None, per_minute: float, step: float) -> float | None:
+    """The slowed rate after one more slot: `step` requests/min closer to the configured rate, and
+    None (not slowed) once it gets there."""
+    if slowed is None or slowed + step >= per_minute:
+        return None
+    return slowed + step
+
+
+def held_tat(tat: int, now: int, delay_us: int, interval: float, burst: int) -> int:
+    """The tat after a hold: no slot before `now + delay_us`, then one per interval (an empty bucket:
+    the end of a server's wait is not a burst)."""
+    return max(tat, int(now + delay_us + (burst - 1) * interval))
+
+
+def halved(slowed: float | None, per_minute: float) -> float | None:
+    """The rate after a 429: half the current one, never below 1 request/min (or the configured
+    rate when lower); None for an unlimited budget, which is never slowed."""
+    if per_minute <= 0:
+        return None
+    current = per_minute if slowed is None else min(per_minute, slowed)
+    return max(min(1.0, per_minute), current / 2)

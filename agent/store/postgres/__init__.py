@@ -27,9 +27,10 @@ from agent.events import Event
 from agent.store.base import CHUNK_ROWS, REPLAY_CHUNK, VACUUM_PAGES
 from agent.store.caller import driver_connection
 from agent.store.location import mask_url
-from agent.store.postgres import dlq, health, insert, maintenance, queue, reads, schema, stats
+from agent.store.postgres import dlq, fleet, health, insert, maintenance, queue, reads, schema, stats
 from agent.store.postgres.connection import PgBase
 from agent.store.records import (
+    AgentRow,
     Claimed,
     DeadFilter,
     EventRecord,
@@ -243,6 +244,44 @@ class PostgresStore(PgBase):
 
     def cap_future(self, *, now_us: int, max_delay_us: int, lease_us: int) -> int:
         return maintenance.cap_future(self, now_us=now_us, max_delay_us=max_delay_us, lease_us=lease_us)
+
+    # -- fleet.py ------------------------------------------------------------------------
+
+    def take_slot(self, name: str, *, per_minute: float, burst: int, recovery: float = 0.0) -> int:
+        return fleet.take_slot(self, name, per_minute=per_minute, burst=burst, recovery=recovery)
+
+    def hold_slot(
+        self, name: str, *, delay_us: int, per_minute: float, burst: int, slow_down: bool = False
+    ) -> None:
+        fleet.hold_slot(
+            self, name, delay_us=delay_us, per_minute=per_minute, burst=burst, slow_down=slow_down
+        )
+
+    def reset_slot(self, name: str) -> None:
+        fleet.reset_slot(self, name)
+
+    def slot_rate(self, name: str) -> float | None:
+        return fleet.slot_rate(self, name)
+
+    def heartbeat(
+        self,
+        agent_id: str,
+        *,
+        host: str,
+        pid: int,
+        claimed: int = 0,
+        delivered: int = 0,
+        stopped: bool = False,
+    ) -> None:
+        fleet.heartbeat(
+            self, agent_id, host=host, pid=pid, claimed=claimed, delivered=delivered, stopped=stopped
+        )
+
+    def agents(self) -> list[AgentRow]:
+        return fleet.agents(self)
+
+    def forget_agents(self, unseen_for_us: int, stopped_unseen_for_us: int | None = None) -> int:
+        return fleet.forget_agents(self, unseen_for_us, stopped_unseen_for_us)
 
 
 __all__ = ["PostgresStore", "mask_url"]

@@ -36,6 +36,8 @@ class PgBase:
             "rq": f"{s}.dodo_outbox_requests",
             "kv": f"{s}.dodo_outbox_kv",
             "mt": f"{s}.dodo_outbox_meters",
+            "sl": f"{s}.dodo_outbox_slots",
+            "ag": f"{s}.dodo_outbox_agents",
         }
         timeout = max(self.options.busy_timeout_ms, 1000) / 1000
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
@@ -46,7 +48,16 @@ class PgBase:
                 max_size=4,
                 timeout=timeout,
                 open=False,
-                kwargs={"autocommit": False, "connect_timeout": max(1, int(timeout))},
+                kwargs={
+                    "autocommit": False,
+                    "connect_timeout": max(1, int(timeout)),
+                    # No session state, so PgBouncer's transaction pooling works: every statement
+                    # runs in a transaction, advisory locks are xact-scoped, nothing is SET or
+                    # LISTENed; prepared statements (psycopg prepares a query on its 5th run) are
+                    # the one session thing left, and [outbox] prepared_statements = false turns
+                    # them off for a pooler that does not track them.
+                    "prepare_threshold": 5 if self.options.prepared_statements else None,
+                },
             )
             self._pool.open(wait=True, timeout=timeout)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
@@ -57,8 +68,8 @@ class PgBase:
             raise
 
     def q(self, sql: str) -> str:
-        """`sql` with {ev}, {dv}, {rq}, {kv}, {mt} replaced by the schema-qualified table names ({ns}: the
-        schema)."""
+        """`sql` with {ev}, {dv}, {rq}, {kv}, {mt}, {sl}, {ag} replaced by the schema-qualified table names
+        ({ns}: the schema)."""
         return sql.format(**self.t)
 
     @property

@@ -108,7 +108,29 @@ ALTER TABLE {ev} SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_thre
     autovacuum_analyze_threshold = 1000);
 """
 
-STEPS: Mapping[int, str] = {1: _V1_TO_V2}
+# The fleet's shared state (issue 14): the slots every agent on the outbox takes its requests and the
+# pause's probe from (GCRA: `tat`, the theoretical arrival time, and `rate`, the budget slowed down
+# after a 429), and the agents' registry their heartbeats keep (`status` lists it). Times are
+# microseconds on the database clock.
+_V2_TO_V3 = """
+CREATE TABLE {sl} (
+    name text PRIMARY KEY,
+    tat  bigint NOT NULL DEFAULT 0,
+    rate double precision
+);
+CREATE TABLE {ag} (
+    agent_id   text    PRIMARY KEY,
+    host       text    NOT NULL,
+    pid        integer NOT NULL,
+    started_at bigint  NOT NULL,
+    last_seen  bigint  NOT NULL,
+    claimed    bigint  NOT NULL DEFAULT 0,
+    delivered  bigint  NOT NULL DEFAULT 0,
+    stopped    boolean NOT NULL DEFAULT false
+);
+"""
+
+STEPS: Mapping[int, str] = {1: _V1_TO_V2, 2: _V2_TO_V3}
 """`STEPS[n]`: the DDL taking schema version n to n + 1, run in the version bump's transaction."""
 
 

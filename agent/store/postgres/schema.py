@@ -7,8 +7,10 @@ test proves both give the same catalog). Either runs under a transaction-scoped 
 the schema name, so several agents and apps opening the same database at once migrate it exactly
 once, and commits with its version bump.
 
-Version 2 (this one): the hot table `dodo_outbox_events` holds only undelivered rows (pending,
-inflight, dead); `mark_delivered` moves rows into `dodo_outbox_delivered`, which retention prunes.
+Version 2: the hot table `dodo_outbox_events` holds only undelivered rows (pending, inflight, dead);
+`mark_delivered` moves rows into `dodo_outbox_delivered`, which retention prunes. Version 3 (this
+one): the fleet's shared state, `dodo_outbox_slots` (the GCRA rows of the rate budget and the pause's
+probe) and `dodo_outbox_agents` (the registry the agents' heartbeats keep).
 """
 
 from __future__ import annotations
@@ -101,6 +103,21 @@ CREATE TABLE {mt} (
     aggregation_key text,
     filter          text,
     pulled_at       bigint NOT NULL
+);
+CREATE TABLE {sl} (
+    name text PRIMARY KEY,
+    tat  bigint NOT NULL DEFAULT 0,
+    rate double precision
+);
+CREATE TABLE {ag} (
+    agent_id   text    PRIMARY KEY,
+    host       text    NOT NULL,
+    pid        integer NOT NULL,
+    started_at bigint  NOT NULL,
+    last_seen  bigint  NOT NULL,
+    claimed    bigint  NOT NULL DEFAULT 0,
+    delivered  bigint  NOT NULL DEFAULT 0,
+    stopped    boolean NOT NULL DEFAULT false
 );
 """
 

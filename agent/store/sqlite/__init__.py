@@ -14,6 +14,7 @@ One module per concern; each holds plain functions taking the connection helper 
 | meters.py     | the meter cache and the meter queries                                        |
 | preview.py    | event-time range reads for `meters preview` and `reconcile`                  |
 | clock.py      | repairing stored instants after the wall clock stepped back                  |
+| fleet.py      | the shared slots (rate budget, pause probe) and the agents' registry         |
 | damage.py     | checking a damaged file's integrity, moving it aside (with its WAL)         |
 | salvage.py    | copying the rows a damaged file still holds into another outbox              |
 
@@ -34,6 +35,7 @@ from agent.events import Event
 from agent.store.base import CHUNK_ROWS, REPLAY_CHUNK, VACUUM_PAGES
 from agent.store.caller import driver_connection
 from agent.store.records import (
+    AgentRow,
     Claimed,
     DeadFilter,
     EventRecord,
@@ -46,7 +48,7 @@ from agent.store.records import (
     VacuumHealth,
     WindowRates,
 )
-from agent.store.sqlite import clock, dlq, meters, preview, queue, retention, stats
+from agent.store.sqlite import clock, dlq, fleet, meters, preview, queue, retention, stats
 from agent.store.sqlite.connection import StoreBase
 from agent.store.sqlite.insert import insert_in_transaction
 
@@ -246,6 +248,44 @@ class SqliteStore(StoreBase):
 
     def cap_future(self, *, now_us: int, max_delay_us: int, lease_us: int) -> int:
         return clock.cap_future(self, now_us=now_us, max_delay_us=max_delay_us, lease_us=lease_us)
+
+    # -- fleet.py ------------------------------------------------------------------------
+
+    def take_slot(self, name: str, *, per_minute: float, burst: int, recovery: float = 0.0) -> int:
+        return fleet.take_slot(self, name, per_minute=per_minute, burst=burst, recovery=recovery)
+
+    def hold_slot(
+        self, name: str, *, delay_us: int, per_minute: float, burst: int, slow_down: bool = False
+    ) -> None:
+        fleet.hold_slot(
+            self, name, delay_us=delay_us, per_minute=per_minute, burst=burst, slow_down=slow_down
+        )
+
+    def reset_slot(self, name: str) -> None:
+        fleet.reset_slot(self, name)
+
+    def slot_rate(self, name: str) -> float | None:
+        return fleet.slot_rate(self, name)
+
+    def heartbeat(
+        self,
+        agent_id: str,
+        *,
+        host: str,
+        pid: int,
+        claimed: int = 0,
+        delivered: int = 0,
+        stopped: bool = False,
+    ) -> None:
+        fleet.heartbeat(
+            self, agent_id, host=host, pid=pid, claimed=claimed, delivered=delivered, stopped=stopped
+        )
+
+    def agents(self) -> list[AgentRow]:
+        return fleet.agents(self)
+
+    def forget_agents(self, unseen_for_us: int, stopped_unseen_for_us: int | None = None) -> int:
+        return fleet.forget_agents(self, unseen_for_us, stopped_unseen_for_us)
 
 
 __all__ = ["SqliteStore"]

@@ -97,7 +97,27 @@ _V3_EVENT_TIME = """
 CREATE INDEX IF NOT EXISTS dodo_outbox_event_time ON dodo_outbox_events (ts) WHERE state <> 'dead';
 """
 
-MIGRATIONS: Sequence[str] = (_V1, _V2, _V3_EVENT_TIME)
+# The fleet's shared state (issue 14), as on PostgreSQL: the slots every process on this file takes its
+# requests and the pause's probe from (GCRA, agent/store/rules.py), and the agents' registry.
+_V4_FLEET = """
+CREATE TABLE IF NOT EXISTS dodo_outbox_slots (
+    name TEXT PRIMARY KEY,
+    tat  INTEGER NOT NULL DEFAULT 0,              -- theoretical arrival time, microseconds
+    rate REAL                                     -- slowed-down requests/min after a 429; NULL: not slowed
+);
+CREATE TABLE IF NOT EXISTS dodo_outbox_agents (
+    agent_id   TEXT    PRIMARY KEY,               -- the worker's lease owner (host:pid:random)
+    host       TEXT    NOT NULL,
+    pid        INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    last_seen  INTEGER NOT NULL,
+    claimed    INTEGER NOT NULL DEFAULT 0,
+    delivered  INTEGER NOT NULL DEFAULT 0,
+    stopped    INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+MIGRATIONS: Sequence[str] = (_V1, _V2, _V3_EVENT_TIME, _V4_FLEET)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 VERSION_KEY = "schema_version"
