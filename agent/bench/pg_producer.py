@@ -75,7 +75,7 @@ def run(ctx: Context, url: str, missing: list[str]) -> list[Row]:
         sides: dict[str, Callable[[int], float]] = {"alone": _side(connections, business, None, seconds)}
         for name, extra in extras.items():
             sides[name] = _side(connections, business, extra, seconds)
-        figures = paired_rounds(sides, rounds)
+        figures = paired_rounds(sides, rounds, warmup=0 if ctx.quick else 1)
     finally:
         for conn in connections:
             conn.close()
@@ -84,7 +84,10 @@ def run(ctx: Context, url: str, missing: list[str]) -> list[Row]:
         if pgmq is not None:
             pgmq.close()
         pg_baselines.drop_schemas(url, [app_schema, outbox_schema, proc_schema])
-    return rows(figures, missing)
+    found = rows(figures, missing)
+    if ctx.quick:
+        found[0].note += "; --quick: one short round per side, noisy (run without --quick to judge)"
+    return found
 
 
 def outbox_extra(outbox: Outbox) -> Extra:

@@ -34,7 +34,7 @@ def run(ctx: Context) -> list[Row]:
         try:
             ctx.progress("postgres: starting a throwaway cluster (initdb + pg_ctl)")
             cluster = Cluster()
-        except Unavailable as exc:
+        except (Unavailable, OSError) as exc:  # OSError: initdb or setpriv could not be run at all
             return absent_rows(
                 NO_POSTGRES,
                 f"no PostgreSQL to measure: {exc}. Install PostgreSQL or pass --postgres URL",
@@ -43,6 +43,7 @@ def run(ctx: Context) -> list[Row]:
     else:
         _check_reachable(url)
     try:
+        version = _server_version(url)
         rows = pg_producer.run(ctx, url, missing)
         ctx.progress("postgres: starting the emulator")
         with running_emulator() as emulator_url:
@@ -50,8 +51,8 @@ def run(ctx: Context) -> list[Row]:
     finally:
         if cluster is not None:
             cluster.stop()
-    server = "a throwaway cluster (fsync off)" if cluster is not None else "the server of --postgres"
-    rows[0].note = f"{rows[0].note}; on {server}"
+    server = "a throwaway cluster, fsync off" if cluster is not None else "the server of --postgres"
+    rows[0].note = f"{rows[0].note}; on {server} (PostgreSQL {version})"
     return rows
 
 
@@ -65,6 +66,14 @@ def absent_rows(missing: str, note: str) -> list[Row]:
         row.missing = missing
         row.note = note
     return rows
+
+
+def _server_version(url: str) -> str:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else "unknown"
 
 
 def _check_reachable(url: str) -> None:

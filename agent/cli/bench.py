@@ -61,16 +61,17 @@ def bench(
     Every figure is a ratio against a baseline measured in the same run (raw sqlite3, persist-queue,
     a bare delivery loop, the same HTTP stack without storing), so noisy machines still compare fairly.
     Uses a temporary outbox in --dir (removed afterwards), an emulator of Dodo on 127.0.0.1, and a load
-    generator in a separate process; nothing leaves the machine. Prints a table (or --json); progress
-    goes to stderr. Exit 0 whether or not targets are met: the table says which are. A figure that
-    could not be measured (no request succeeded in a busy round, persist-queue not installed: it comes
-    with `pip install 'dodo-outbox[bench]'`) is marked so instead of pass/miss. Exit 1 only when a
+    generator in a separate process; nothing leaves the machine (unless --postgres names another
+    host). Prints a table (or --json); progress goes to stderr. Exit 0 whether or not targets are
+    met: the table says which are. A figure that could not be measured (no request succeeded in a
+    busy round, persist-queue, pgmq or procrastinate not installed: they come with
+    `pip install 'dodo-outbox[bench]'`) is marked so instead of pass/miss. Exit 1 only when a
     benchmark group broke (its error is printed; the other groups' figures are still reported).
 
     The postgres group measures what the transactional outbox adds to an app's own transactions
     (8 clients) against pgmq's send and procrastinate's defer, and one agent draining against a pgmq
     read+delete loop. It runs on --postgres URL, else on a throwaway cluster; with neither, its rows
-    read "no PostgreSQL". pgmq and procrastinate come with the `bench` extra too.
+    read "no PostgreSQL".
 
     \b
     Example:
