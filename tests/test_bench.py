@@ -20,6 +20,7 @@ from agent.bench.common import MAX_RATIO, MIN_RATIO, NO_DATA, NO_POSTGRES, Row
 from agent.bench.pgcluster import REQUIRE_ENV
 from agent.bench.runner import GROUPS, render_table
 from agent.cli import cli
+from tests.test_bench_robust import PG_ROWS
 
 # The fixture's run counts against the first test that uses it.
 pytestmark = pytest.mark.timeout(240)
@@ -47,16 +48,9 @@ EXPECTED = {
     "scale.enqueue",
     "scale.drain",
     "memory.drain",
-    "pg.producer.alone",
-    "pg.producer.ours",
-    "pg.producer.pgmq",
-    "pg.producer.procrastinate",
-    "pg.producer.cost.pgmq",
-    "pg.producer.cost.procrastinate",
-    "pg.drain",
-    "pg.drain.pgmq",
+    *PG_ROWS,
 }
-POSTGRES_ROWS = {name for name in EXPECTED if name.startswith("pg.")}
+POSTGRES_ROWS = set(PG_ROWS)
 
 
 @pytest.fixture(scope="module")

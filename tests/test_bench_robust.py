@@ -83,23 +83,25 @@ def test_a_missing_figure_is_neither_pass_nor_miss() -> None:
     assert Row("z", "z", 90.0, "events/s", "base", 100.0, "ratio_min", 0.5).passed is True
 
 
-def test_without_persist_queue_the_peer_rows_say_not_installed(tmp_path: Path) -> None:
-    # A plain `pip install dodo-outbox` has no persist-queue (it comes with the `bench` extra): the
-    # import is blocked in the child, as if the package were absent.
+def _bench_without(modules: list[str], args: list[str]) -> dict[str, dict[str, Any]]:
+    """`dodo-outbox ARGS` in a child where `modules` cannot be imported, as if not installed; its rows
+    by name. It must exit 0 without a traceback."""
+    blocked = "".join(f"sys.modules[{name!r}] = None; " for name in modules)
     script = (
-        "import sys; sys.modules['persistqueue'] = None; from agent.cli import main; "
-        "sys.argv = ['dodo-outbox', *sys.argv[1:]]; main()"
+        f"import sys; {blocked}from agent.cli import main; sys.argv = ['dodo-outbox', *sys.argv[1:]]; main()"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script, *BENCH_ARGS, "--dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=200,
-        check=False,
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=200, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    rows = {row["name"]: row for row in json.loads(done.stdout)["results"]}
+    return {row["name"]: row for row in json.loads(done.stdout)["results"]}
+
+
+def test_without_persist_queue_the_peer_rows_say_not_installed(tmp_path: Path) -> None:
+    # A plain `pip install dodo-outbox` has no persist-queue (it comes with the `bench` extra): the
+    # import is blocked in the child, as if the package were absent.
+    rows = _bench_without(["persistqueue"], [*BENCH_ARGS, "--dir", str(tmp_path)])
     peers = {"enqueue.single.peer", "drain.peer", "drain.peer.batched"}
     for name in peers:
         assert rows[name]["missing"] == NOT_INSTALLED, rows[name]
@@ -234,21 +236,8 @@ def test_without_pgmq_and_procrastinate_their_rows_say_not_installed_ours_are_me
 ) -> None:
     # A plain `pip install 'dodo-outbox[postgres]'` has neither (they come with the `bench` extra):
     # the imports are blocked in the child, as if the packages were absent. It runs on --postgres.
-    script = (
-        "import sys; sys.modules['pgmq'] = sys.modules['procrastinate'] = None; "
-        "from agent.cli import main; sys.argv = ['dodo-outbox', *sys.argv[1:]]; main()"
-    )
     args = ["bench", "--quick", "--json", "--scale", "0.05", "--only", "postgres", "--postgres", postgres_url]
-    done = subprocess.run(
-        [sys.executable, "-c", script, *args, "--dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=200,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
-    rows = {row["name"]: row for row in json.loads(done.stdout)["results"]}
+    rows = _bench_without(["pgmq", "procrastinate"], [*args, "--dir", str(tmp_path)])
     assert list(rows) == PG_ROWS
     peers = {
         "pg.producer.pgmq",

@@ -180,20 +180,15 @@ def rows(figures: dict[str, list[float]], missing: list[str]) -> list[Row]:
         )
 
     def cost_row(name: str, path: str, kind: str, target: float | None) -> Row:
-        if name in missing:
-            return Row(
-                f"pg.producer.cost.{name}",
-                path,
-                ours_added,
-                "µs/tx",
-                f"{name}'s added cost",
-                note=f"{name} is not installed, so it was not measured: {pg_baselines.BENCH_EXTRA}",
-                target_kind=kind,
-                target=target,
-                missing=NOT_INSTALLED,
-            )
-        theirs = added_us(tps.get(name), alone)
-        unmeasurable = theirs is None or theirs <= 0 or ours_added is None
+        absent = name in missing
+        theirs = None if absent else added_us(tps.get(name), alone)
+        unmeasurable = not absent and (theirs is None or theirs <= 0 or ours_added is None)
+        if absent:
+            note = f"{name} is not installed, so it was not measured: {pg_baselines.BENCH_EXTRA}"
+        elif unmeasurable:
+            note = f"{name}'s added cost did not rise above the round-to-round noise; run without --quick"
+        else:
+            note = "added cost = what each of the 8 clients waits more per transaction than alone"
         return Row(
             f"pg.producer.cost.{name}",
             path,
@@ -203,12 +198,8 @@ def rows(figures: dict[str, list[float]], missing: list[str]) -> list[Row]:
             theirs,
             kind,
             target,
-            note=(
-                f"{name}'s added cost did not rise above the round-to-round noise; run without --quick"
-                if unmeasurable
-                else "added cost = what each of the 8 clients waits more per transaction than alone"
-            ),
-            missing=NO_DATA if unmeasurable else "",
+            note=note,
+            missing=NOT_INSTALLED if absent else NO_DATA if unmeasurable else "",
         )
 
     return [
