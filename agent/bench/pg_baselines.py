@@ -45,13 +45,15 @@ def missing_peers() -> list[str]:
 
 
 def connect(url: str, search_path: Sequence[str] = ()) -> psycopg.Connection[Any]:
-    """An autocommit connection (transactions are explicit, `conn.transaction()`), optionally with a
-    search_path (procrastinate's functions are called unqualified)."""
+    """An app's connection as psycopg makes it by default (autocommit off: each `conn.transaction()`
+    block is one BEGIN … COMMIT), optionally with a search_path (procrastinate's functions are called
+    unqualified), committed so that no transaction is left open."""
     import psycopg
 
-    conn = psycopg.connect(url, autocommit=True)
+    conn = psycopg.connect(url)
     if search_path:
         conn.execute(f"SET search_path TO {', '.join([*search_path, 'public'])}")
+    conn.commit()
     return conn
 
 
