@@ -6,6 +6,7 @@ One quick run at a twentieth of the quick sizes (`--scale 0.05`) serves every te
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,11 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from agent.bench.common import MIN_RATIO, NO_DATA, Row
+from agent.bench.common import MAX_RATIO, MIN_RATIO, NO_DATA, NO_POSTGRES, Row
+from agent.bench.pgcluster import REQUIRE_ENV
 from agent.bench.runner import GROUPS, render_table
 from agent.cli import cli
+from tests.test_bench_robust import PG_ROWS
 
 # The fixture's run counts against the first test that uses it.
 pytestmark = pytest.mark.timeout(240)
@@ -45,7 +48,9 @@ EXPECTED = {
     "scale.enqueue",
     "scale.drain",
     "memory.drain",
+    *PG_ROWS,
 }
+POSTGRES_ROWS = set(PG_ROWS)
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +90,27 @@ def test_every_path_is_reported_with_a_figure_or_the_reason_it_has_none(document
     for name, row in rows.items():
         assert row["target_text"]
         assert row["passed"] in (True, False, None)
+        if row["missing"] == NO_POSTGRES:
+            # No PostgreSQL here (no initdb): every row of the group says so, none passes or misses.
+            assert not os.environ.get(REQUIRE_ENV), f"{name}: {row}"
+            assert name in POSTGRES_ROWS and row["ours"] is None and row["passed"] is None
+            assert "--postgres URL" in row["note"], row
+            continue
+        if row["missing"] and name.startswith("pg.producer.cost."):
+            # In so short a round a peer's added cost may not rise above the noise: said, not judged.
+            assert row["missing"] == NO_DATA and row["baseline"] is not None and row["baseline"] <= 0, row
+            assert row["passed"] is None and "noise" in row["note"]
+            continue
         if row["missing"]:
             # A busy machine may leave a short load round without one successful request: that is
             # reported (no figure, no verdict, a note saying why), never a pass, a miss or a crash.
             assert row["missing"] == NO_DATA and name.startswith(("http.", "cpu.http.")), f"{name}: {row}"
             assert None in (row["ours"], row["baseline"]) and row["passed"] is None and row["ratio"] is None
             assert "no request succeeded" in row["note"]
+            continue
+        if name.startswith("pg.producer.cost."):
+            # µs each client waits more per transaction; ours may be within noise of nothing.
+            assert row["baseline"] > 0 and row["ratio"] == pytest.approx(row["ours"] / row["baseline"])
             continue
         assert row["ours"] > 0 or name == "latency.p50", f"{name}: {row}"  # 0 ms is a fair p50
         if row["baseline_name"]:
@@ -123,3 +143,8 @@ def test_row_verdicts() -> None:
     row.target = 0.95
     assert row.passed is False
     assert Row("y", "y", 1.0, "ms").passed is None
+    # "at most 1.2x the peer's": our added cost over pgmq's.
+    cost = Row("z", "z", 110.0, "µs/tx", "peer", 100.0, MAX_RATIO, 1.2)
+    assert cost.passed is True and cost.target_text() == "<= 1.2x"
+    cost.ours = 130.0
+    assert cost.passed is False

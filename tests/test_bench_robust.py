@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from agent.bench import http, loadgen, runner, wrk
-from agent.bench.common import NO_DATA, NOT_INSTALLED, Context, Row
+from agent.bench import http, loadgen, pgcluster, postgres, runner, wrk
+from agent.bench.common import NO_DATA, NO_POSTGRES, NOT_INSTALLED, Context, Row
 from agent.cli import cli
 
 pytestmark = pytest.mark.timeout(240)
@@ -83,23 +83,25 @@ def test_a_missing_figure_is_neither_pass_nor_miss() -> None:
     assert Row("z", "z", 90.0, "events/s", "base", 100.0, "ratio_min", 0.5).passed is True
 
 
-def test_without_persist_queue_the_peer_rows_say_not_installed(tmp_path: Path) -> None:
-    # A plain `pip install dodo-outbox` has no persist-queue (it comes with the `bench` extra): the
-    # import is blocked in the child, as if the package were absent.
+def _bench_without(modules: list[str], args: list[str]) -> dict[str, dict[str, Any]]:
+    """`dodo-outbox ARGS` in a child where `modules` cannot be imported, as if not installed; its rows
+    by name. It must exit 0 without a traceback."""
+    blocked = "".join(f"sys.modules[{name!r}] = None; " for name in modules)
     script = (
-        "import sys; sys.modules['persistqueue'] = None; from agent.cli import main; "
-        "sys.argv = ['dodo-outbox', *sys.argv[1:]]; main()"
+        f"import sys; {blocked}from agent.cli import main; sys.argv = ['dodo-outbox', *sys.argv[1:]]; main()"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script, *BENCH_ARGS, "--dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=200,
-        check=False,
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=200, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    rows = {row["name"]: row for row in json.loads(done.stdout)["results"]}
+    return {row["name"]: row for row in json.loads(done.stdout)["results"]}
+
+
+def test_without_persist_queue_the_peer_rows_say_not_installed(tmp_path: Path) -> None:
+    # A plain `pip install dodo-outbox` has no persist-queue (it comes with the `bench` extra): the
+    # import is blocked in the child, as if the package were absent.
+    rows = _bench_without(["persistqueue"], [*BENCH_ARGS, "--dir", str(tmp_path)])
     peers = {"enqueue.single.peer", "drain.peer", "drain.peer.batched"}
     for name in peers:
         assert rows[name]["missing"] == NOT_INSTALLED, rows[name]
@@ -155,3 +157,106 @@ def test_wrk_sends_a_fresh_event_id_in_every_event_and_each_200_is_stored(tmp_pa
     # A repeated id would be a duplicate (200, not stored twice): fewer rows than acknowledged events.
     # Requests still in flight when wrk stopped may be stored too.
     assert stored >= report["events"] == 3 * report["ok"]
+
+
+# The postgres group: no server, no psycopg, no peers, a bad --postgres. Never a traceback.
+
+PG_ROWS = [
+    "pg.producer.alone",
+    "pg.producer.ours",
+    "pg.producer.pgmq",
+    "pg.producer.procrastinate",
+    "pg.producer.cost.pgmq",
+    "pg.producer.cost.procrastinate",
+    "pg.drain",
+    "pg.drain.pgmq",
+]
+
+
+def _assert_unmeasured(document: dict[str, Any], missing: str, says: str) -> None:
+    rows = document["results"]
+    assert [row["name"] for row in rows] == PG_ROWS
+    for row in rows:
+        assert row["missing"] == missing, row
+        assert row["ours"] is None and row["baseline"] is None, row
+        assert row["passed"] is None and row["ratio"] is None, row
+        assert says in row["note"], row
+
+
+def test_without_postgresql_every_postgres_row_says_why_and_bench_exits_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_initdb() -> Any:
+        raise pgcluster.Unavailable("PostgreSQL is not installed (no pg_config --bindir with initdb)")
+
+    monkeypatch.setattr(postgres, "Cluster", no_initdb)
+    result = CliRunner().invoke(cli, ["bench", "--only", "postgres", "--json", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["failures"] == {}
+    _assert_unmeasured(document, NO_POSTGRES, "PostgreSQL is not installed")
+    assert "pass --postgres URL" in document["results"][0]["note"]
+    console = Console(width=250, record=True, color_system=None)
+    runner.render_table(document, console)
+    text = console.export_text()
+    assert text.count(NO_POSTGRES) >= len(PG_ROWS)
+    table = [line for line in text.splitlines() if "│" in line]
+    assert len(table) == len(PG_ROWS)  # one line per row (the header has other borders)
+    assert not any(" pass " in line or " miss " in line for line in table)
+
+
+def test_without_psycopg_the_postgres_rows_say_not_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` now raises ImportError
+    rows = postgres.run(Context(tmp_path, quick=True, scale=0.05, progress=lambda text: None))
+    document = runner.results_document(rows, True, 0.05, ["postgres"], {}, 1.0, tmp_path)
+    _assert_unmeasured(json.loads(json.dumps(document)), NOT_INSTALLED, "pip install 'dodo-outbox[postgres]'")
+
+
+def test_a_bad_postgres_option_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["bench", "--postgres", "mysql://u:secret@h/db", "--dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "not a PostgreSQL URL" in result.output and "secret" not in result.output
+
+
+def test_an_unreachable_postgres_is_a_failed_group_naming_it_without_its_password(tmp_path: Path) -> None:
+    url = "postgresql://bench:s3cret@127.0.0.1:1/bench?connect_timeout=2"
+    result = CliRunner().invoke(
+        cli, ["bench", "--only", "postgres", "--postgres", url, "--json", "--dir", str(tmp_path)]
+    )
+    assert result.exit_code == 1, result.output
+    error = json.loads(result.stdout)["failures"]["postgres"]
+    assert error.startswith("RuntimeError: cannot connect to --postgres postgresql://bench:***@127.0.0.1:1/")
+    assert "s3cret" not in result.output and "s3cret" not in result.stderr
+
+
+def test_without_pgmq_and_procrastinate_their_rows_say_not_installed_ours_are_measured(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # A plain `pip install 'dodo-outbox[postgres]'` has neither (they come with the `bench` extra):
+    # the imports are blocked in the child, as if the packages were absent. It runs on --postgres.
+    args = ["bench", "--quick", "--json", "--scale", "0.05", "--only", "postgres", "--postgres", postgres_url]
+    rows = _bench_without(["pgmq", "procrastinate"], [*args, "--dir", str(tmp_path)])
+    assert list(rows) == PG_ROWS
+    peers = {
+        "pg.producer.pgmq",
+        "pg.producer.procrastinate",
+        "pg.producer.cost.pgmq",
+        "pg.producer.cost.procrastinate",
+        "pg.drain.pgmq",
+    }
+    for name in peers:
+        assert rows[name]["missing"] == NOT_INSTALLED, rows[name]
+        assert None in (rows[name]["ours"], rows[name]["baseline"]) and rows[name]["passed"] is None
+        assert "pip install 'dodo-outbox[bench]'" in rows[name]["note"]
+    for name in ("pg.producer.alone", "pg.producer.ours", "pg.drain"):
+        assert not rows[name]["missing"] and rows[name]["ours"] > 0, rows[name]
+    # Everything the run created on the server is gone again.
+    import psycopg
+
+    with psycopg.connect(postgres_url) as conn:
+        left = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'dodo\\_bench\\_%' OR nspname = 'pgmq'"
+        ).fetchall()
+    assert left == []

@@ -25,6 +25,7 @@ from agent.timestamps import format_timestamp
 API_KEY = "bench_key_0123456789"
 """The key the benchmark's emulators accept (never a real key)."""
 MIN_RATIO = "ratio_min"
+MAX_RATIO = "ratio_max"
 MIN_VALUE = "value_min"
 MAX_VALUE = "value_max"
 REPORT = "report"
@@ -32,14 +33,17 @@ NO_DATA = "no data"
 """`Row.missing` when a round measured nothing (e.g. no request of the load generator succeeded)."""
 NOT_INSTALLED = "not installed"
 """`Row.missing` when the peer baseline's package is absent (`pip install 'dodo-outbox[bench]'`)."""
+NO_POSTGRES = "no PostgreSQL"
+"""`Row.missing` of the PostgreSQL group when no server was given and none could be started."""
 
 
 @dataclass
 class Row:
     """One line of the table: our figure beside its baseline and the target it is held to.
 
-    `target_kind`: `ratio_min` (ours / baseline >= target), `value_min` (ours >= target), `value_max`
-    (ours < target) or `report` (no target). `rounds` keeps the raw per-round figures of both sides.
+    `target_kind`: `ratio_min` (ours / baseline >= target), `ratio_max` (ours / baseline <= target),
+    `value_min` (ours >= target), `value_max` (ours < target) or `report` (no target). `rounds`
+    keeps the raw per-round figures of both sides.
     `missing` says why a figure could not be measured ("no data", "not installed"; `ours` or
     `baseline` is then None and the note says more): it stands in the verdict column, and `passed`
     is None (neither pass nor miss).
@@ -72,6 +76,9 @@ class Row:
         if self.target_kind == MIN_RATIO:
             ratio = self.ratio
             return ratio is not None and ratio >= self.target
+        if self.target_kind == MAX_RATIO:
+            ratio = self.ratio
+            return ratio is not None and ratio <= self.target
         if self.target_kind == MIN_VALUE:
             return self.ours >= self.target
         return self.ours < self.target
@@ -81,6 +88,8 @@ class Row:
             return "report"
         if self.target_kind == MIN_RATIO:
             return f">= {self.target:g}x"
+        if self.target_kind == MAX_RATIO:
+            return f"<= {self.target:g}x"
         if self.target_kind == MIN_VALUE:
             return f">= {self.target:,.0f} {self.unit}"
         return f"< {self.target:g} {self.unit}"
@@ -99,12 +108,14 @@ class Context:
 
     `scale` multiplies every size (the full run is 1.0; `--quick` sets smaller base sizes and says so
     in the notes; tests pass e.g. 0.05 on top). `size(full, quick)` picks and scales a count.
+    `postgres_url` is the server of the PostgreSQL group (`--postgres`); None: a throwaway cluster.
     """
 
     workdir: Path
     quick: bool = False
     scale: float = 1.0
     progress: Callable[[str], None] = field(default=lambda text: print(text, file=sys.stderr, flush=True))
+    postgres_url: str | None = None
 
     def size(self, full: int, quick: int, minimum: int = 1) -> int:
         return max(minimum, int((quick if self.quick else full) * self.scale))

@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent import __version__
-from agent.bench import drain, enqueue, http, latency, scale
+from agent.bench import drain, enqueue, http, latency, postgres, scale
 from agent.bench.common import Context, Row
 
 GROUPS: dict[str, Callable[[Context], list[Row]]] = {
@@ -32,6 +32,7 @@ GROUPS: dict[str, Callable[[Context], list[Row]]] = {
     "drain": drain.run,
     "latency": latency.run,
     "scale": scale.run,
+    "postgres": postgres.run,
 }
 """Every benchmark group, in the order they run. `--only` takes these names."""
 
@@ -43,11 +44,14 @@ def run_benchmarks(
     directory: Path | None = None,
     scale_factor: float = 1.0,
     progress: Callable[[str], None] | None = None,
+    postgres_url: str | None = None,
 ) -> dict[str, Any]:
     """Run the chosen groups (all when `only` is empty) and return the results document.
 
     `directory` is where the temporary outbox directory is made (default: the current directory, so
-    the figures are those of the disk the user runs from). Raises ValueError for an unknown group.
+    the figures are those of the disk the user runs from). `postgres_url`: the server of the postgres
+    group (None: a throwaway cluster when PostgreSQL is installed). Raises ValueError for an unknown
+    group.
     """
     unknown = [name for name in only if name not in GROUPS]
     if unknown:
@@ -57,7 +61,7 @@ def run_benchmarks(
     base.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="dodo-outbox-bench-", dir=base))
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
-    context = Context(workdir, quick=quick, scale=scale_factor, progress=say)
+    context = Context(workdir, quick=quick, scale=scale_factor, progress=say, postgres_url=postgres_url)
     rows: list[Row] = []
     timings: dict[str, float] = {}
     started = time.monotonic()

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.cli import common
+from agent.store.location import is_postgres_url
 
 
 @click.command()
@@ -19,7 +20,7 @@ from agent.cli import common
     "only",
     multiple=True,
     metavar="NAME",
-    help="Run only this group (repeatable): enqueue, http, drain, latency, scale.",
+    help="Run only this group (repeatable): enqueue, http, drain, latency, scale, postgres.",
 )
 @click.option(
     "--dir",
@@ -36,24 +37,47 @@ from agent.cli import common
     show_default=True,
     help="Multiply every size (e.g. 0.05 for a smoke test; figures get noisier).",
 )
+@click.option(
+    "--postgres",
+    "postgres_url",
+    metavar="URL",
+    default=None,
+    help=(
+        "The PostgreSQL server of the postgres group (postgresql://…); it creates schemas there and "
+        "drops them afterwards. Default: a throwaway cluster, when PostgreSQL (initdb) is installed."
+    ),
+)
 def bench(
-    quick: bool, as_json: bool, only: tuple[str, ...], directory: Path | None, scale_factor: float
+    quick: bool,
+    as_json: bool,
+    only: tuple[str, ...],
+    directory: Path | None,
+    scale_factor: float,
+    postgres_url: str | None,
 ) -> None:
-    """Benchmark the outbox on this machine: enqueue, HTTP intake, drain, latency, scale, memory.
+    """Benchmark the outbox on this machine: enqueue, HTTP intake, drain, latency, scale, memory,
+    and the outbox on PostgreSQL.
 
     Every figure is a ratio against a baseline measured in the same run (raw sqlite3, persist-queue,
     a bare delivery loop, the same HTTP stack without storing), so noisy machines still compare fairly.
     Uses a temporary outbox in --dir (removed afterwards), an emulator of Dodo on 127.0.0.1, and a load
-    generator in a separate process; nothing leaves the machine. Prints a table (or --json); progress
-    goes to stderr. Exit 0 whether or not targets are met: the table says which are. A figure that
-    could not be measured (no request succeeded in a busy round, persist-queue not installed: it comes
-    with `pip install 'dodo-outbox[bench]'`) is marked so instead of pass/miss. Exit 1 only when a
+    generator in a separate process; nothing leaves the machine (unless --postgres names another
+    host). Prints a table (or --json); progress goes to stderr. Exit 0 whether or not targets are
+    met: the table says which are. A figure that could not be measured (no request succeeded in a
+    busy round, persist-queue, pgmq or procrastinate not installed: they come with
+    `pip install 'dodo-outbox[bench]'`) is marked so instead of pass/miss. Exit 1 only when a
     benchmark group broke (its error is printed; the other groups' figures are still reported).
+
+    The postgres group measures what the transactional outbox adds to an app's own transactions
+    (8 clients) against pgmq's send and procrastinate's defer, and one agent draining against a pgmq
+    read+delete loop. It runs on --postgres URL, else on a throwaway cluster; with neither, its rows
+    read "no PostgreSQL".
 
     \b
     Example:
       dodo-outbox bench --quick
       dodo-outbox bench --only enqueue --only drain --json > results.json
+      dodo-outbox bench --only postgres --postgres postgresql://bench@localhost/benchdb
     """
     from agent import logs
     from agent.bench.runner import GROUPS, render_table, run_benchmarks
@@ -63,12 +87,19 @@ def bench(
         raise click.BadParameter(
             f"{', '.join(unknown)}; choose from {', '.join(GROUPS)}", param_hint="--only"
         )
+    if postgres_url is not None and not is_postgres_url(postgres_url):
+        raise click.BadParameter(
+            "not a PostgreSQL URL (it must start with postgresql:// or postgres://); "
+            "give e.g. postgresql://user@host/database",
+            param_hint="--postgres",
+        )
     logs.configure("auto", "warning")
     document = run_benchmarks(
         quick=quick,
         only=only,
         directory=directory,
         scale_factor=scale_factor,
+        postgres_url=postgres_url,
         progress=lambda text: common.err.print(f"[dim]bench:[/dim] {escape(text)}", highlight=False),
     )
     if as_json:

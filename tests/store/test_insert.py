@@ -109,6 +109,31 @@ def test_insert_on_the_callers_transaction_keeps_the_same_rules(
     assert store.get("b") is None
 
 
+def test_one_event_on_the_callers_transaction_takes_the_same_rules_and_columns(
+    store: OutboxStore, caller_transaction: Callable[[], CallerTransaction]
+) -> None:
+    # One event per call is its own statement on PostgreSQL (scalars, not arrays): same rules, same row.
+    tx = caller_transaction()
+    stamp = format_timestamp(datetime.fromtimestamp(NOW - 60, UTC))
+    [given] = validate_many(
+        [{"event_id": "one", "customer_id": "cus_1", "event_name": "api.call", "timestamp": stamp}],
+        NOW,
+    )
+    assert store.insert_on(tx.conn, [given], "library", 7).new == ["one"]
+    tx.commit()
+    tx = caller_transaction()
+    assert store.insert_on(tx.conn, [given], "library", 8).duplicates == ["one"]
+    with pytest.raises(EventConflictError) as refused:
+        store.insert_on(tx.conn, events("one", n=2), "library", 9)
+    assert refused.value.event_ids == ("one",)
+    tx.rollback()
+    record = store.get("one")
+    assert record is not None and record.payload == given.payload and record.source == "library"
+    assert record.event_name == "api.call" and record.ts_us == given.ts_us and record.state == "pending"
+    assert record.stamped is False and record.enqueued_at_us == 7
+    assert store.counts()["pending"] == 1
+
+
 def test_rows_survive_a_reopen(store_factory: StoreFactory) -> None:
     first = store_factory()
     first.insert_groups([(events("a"), "cli")], 1)
