@@ -86,8 +86,18 @@ def _driver_class(driver: Driver) -> type[Any]:
 def _autocommits(conn: Any) -> bool:
     """Whether a write on `conn` now would commit by itself (no transaction open, none implied)."""
     if not isinstance(conn, sqlite3.Connection):
-        return bool(conn.autocommit)  # psycopg: in a transaction from the first statement otherwise
+        return _psycopg_autocommits(conn)
     return _sqlite_autocommits(conn)
+
+
+def _psycopg_autocommits(conn: Any) -> bool:
+    """A psycopg connection outside autocommit is in a transaction from its first statement; one in
+    autocommit is in a transaction only inside `with conn.transaction():` (psycopg's own advice)."""
+    if not conn.autocommit:
+        return False
+    from psycopg.pq import TransactionStatus
+
+    return bool(conn.info.transaction_status != TransactionStatus.INTRANS)
 
 
 def _sqlite_autocommits(conn: sqlite3.Connection) -> bool:

@@ -42,6 +42,24 @@ def test_autocommit_connections_are_refused_the_event_would_be_part_of_no_transa
     assert stored(postgres_url, pg_schema) == ([], [])
 
 
+def test_an_autocommit_psycopg_connection_inside_its_transaction_block_is_that_transaction(
+    pg_outbox: Outbox, postgres_url: str, pg_schema: str
+) -> None:
+    """psycopg's own advice: `autocommit=True` and `with conn.transaction():` for each unit of work."""
+
+    class Abandon(Exception):
+        pass
+
+    with psycopg.connect(postgres_url, autocommit=True) as pg:
+        with pytest.raises(Abandon), pg.transaction():
+            pg_outbox.enqueue(raw_event("gone"), conn=pg)
+            raise Abandon  # the block rolls back: the event with it
+        with pg.transaction():
+            pg_outbox.enqueue(raw_event("kept"), conn=pg)
+            assert stored(postgres_url, pg_schema) == ([], [])  # not before the block commits
+    assert stored(postgres_url, pg_schema)[0] == ["kept"]
+
+
 def test_an_sqlite_connection_is_refused_by_a_postgresql_outbox(pg_outbox: Outbox, tmp_path: Path) -> None:
     app = sqlite3.connect(tmp_path / "app.db")
     with pytest.raises(TypeError, match=r"sqlite3\.Connection \(this outbox is on PostgreSQL"):
