@@ -68,6 +68,8 @@ def agent_factory(tmp_path: Path) -> Iterator[Any]:
     yield start
     for agent in agents:
         agent.ensure_stopped()
+        # Shown by pytest only when the test failed: what the agent did while the test waited.
+        print(f"--- the agent's log (last lines):\n{agent.log_tail(120)}")
 
 
 def send(agent: AgentProcess, events: list[dict[str, Any]]) -> set[str]:
