@@ -191,6 +191,24 @@ def test_delivered_rows_record_the_restamp(store: OutboxStore) -> None:
     assert a.settled_at_us == NOW_US
 
 
+def test_a_stale_claim_cannot_flag_rows_as_restamped(store: OutboxStore) -> None:
+    """The restamp flag moves with the delivery it belongs to: a batch that lost its lease flags
+    nothing, and the batch that holds the rows flags exactly its own."""
+    store.insert_groups([(events("a", "b"), "cli")], 1)
+    stale = store.claim(now_us=NOW_US, limit=10, max_bytes=BIG, lease_us=1, owner="w/1")
+    assert store.release_expired(NOW_US + 2 * US) == 2
+    fresh = {
+        c.event_id: c.id
+        for c in store.claim(now_us=NOW_US + 2 * US, limit=10, max_bytes=BIG, lease_us=LEASE, owner="w/2")
+    }
+    ids = [c.id for c in stale]
+    assert store.mark_delivered(ids, owner="w/1", now_us=NOW_US, restamped=ids) == 0
+    assert store.mark_delivered(list(fresh.values()), owner="w/2", now_us=NOW_US, restamped=[fresh["b"]]) == 2
+    a, b = store.get("a"), store.get("b")
+    assert a is not None and b is not None
+    assert (a.state, a.restamped, b.state, b.restamped) == ("delivered", False, "delivered", True)
+
+
 def test_counts_and_oldest_pending(store: OutboxStore) -> None:
     assert store.oldest_pending_ts_us() is None
     assert store.next_due_us() is None

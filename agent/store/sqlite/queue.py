@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 from agent.errors import EventConflictError, OutboxError
 from agent.events import Event
@@ -149,38 +150,42 @@ def claim(
 def _settle(db: StoreBase, sql: str, params: Sequence[object], ids: Sequence[int], owner: str) -> int:
     if not ids:
         return 0
-    changed = 0
     with db.write() as conn:
-        for start in range(0, len(ids), 900):
-            chunk = ids[start : start + 900]
-            marks = ",".join("?" * len(chunk))
-            cursor = conn.execute(
-                sql + f" WHERE state = '{State.INFLIGHT}' AND lease_owner = ? AND id IN ({marks})",
-                (*params, owner, *chunk),
-            )
-            changed += cursor.rowcount
+        return _guarded(conn, sql, params, ids, owner)
+
+
+def _guarded(conn: Any, sql: str, params: Sequence[object], ids: Sequence[int], owner: str) -> int:
+    """Run the UPDATE `sql` on the rows of `ids` that `owner` still leases, in chunks; rows changed."""
+    changed = 0
+    for start in range(0, len(ids), 900):
+        chunk = ids[start : start + 900]
+        marks = ",".join("?" * len(chunk))
+        cursor = conn.execute(
+            sql + f" WHERE state = '{State.INFLIGHT}' AND lease_owner = ? AND id IN ({marks})",
+            (*params, owner, *chunk),
+        )
+        changed += cursor.rowcount
     return changed
 
 
 def mark_delivered(
     db: StoreBase, ids: Sequence[int], *, owner: str, now_us: int, restamped: Sequence[int] = ()
 ) -> int:
-    """inflight → delivered for rows this owner still leases. Returns how many moved."""
-    changed = _settle(
-        db,
-        f"UPDATE dodo_outbox_events SET state = '{State.DELIVERED}', settled_at = ?, lease_until = NULL, "
-        "lease_owner = NULL, last_error = NULL",
-        (now_us,),
-        ids,
-        owner,
-    )
-    if restamped:
-        with db.write() as conn:
-            marks = ",".join("?" * len(restamped))
-            conn.execute(
-                f"UPDATE dodo_outbox_events SET restamped = 1 WHERE id IN ({marks})", tuple(restamped)
-            )
-    return changed
+    """inflight → delivered for rows this owner still leases, and the restamped ones flagged, in one
+    transaction (a reader never sees them delivered but not yet flagged; a stale owner flags none).
+    Returns how many moved."""
+    if not ids:
+        return 0
+    with db.write() as conn:
+        _guarded(conn, "UPDATE dodo_outbox_events SET restamped = 1", (), restamped, owner)
+        return _guarded(
+            conn,
+            f"UPDATE dodo_outbox_events SET state = '{State.DELIVERED}', settled_at = ?, "
+            "lease_until = NULL, lease_owner = NULL, last_error = NULL",
+            (now_us,),
+            ids,
+            owner,
+        )
 
 
 def mark_retry(
