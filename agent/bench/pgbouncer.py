@@ -130,7 +130,9 @@ class Bouncer:
             except psycopg.Error as exc:
                 last = " ".join(str(exc).split())
             time.sleep(0.1)
-        raise Unavailable(f"pgbouncer did not accept connections within {timeout:g} s ({last}): {self.log_tail()}")
+        raise Unavailable(
+            f"pgbouncer did not accept connections within {timeout:g} s ({last}): {self.log_tail()}"
+        )
 
     def log_tail(self, chars: int = 2000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
