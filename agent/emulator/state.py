@@ -131,8 +131,8 @@ class EmulatorState:
             self._record("timeout", None, body)
             sleep = self._plan.timeout_sleep_seconds
             sleep = self.config.timeout_sleep_seconds if sleep is None else sleep
-            body = Fault("status", 504, fault.source).body()
-            return Answer(504, body, headers, action="timeout", delay_seconds=delay, sleep_seconds=sleep)
+            answer = Fault("status", 504, fault.source).body()
+            return Answer(504, answer, headers, action="timeout", delay_seconds=delay, sleep_seconds=sleep)
         if fault.status == 429:
             headers["Retry-After"] = f"{self._plan.retry_after_seconds:g}"
         self._record(str(fault.status), None, body)
@@ -205,8 +205,8 @@ class EmulatorState:
                 "outcome": outcome,
                 "ingested_count": ingested,
                 "body_bytes": size,
+                "at": round(self._monotonic(), 6),
                 "events": _count_events(body),
-                "at": self._monotonic(),
             }
         )
 
@@ -287,9 +287,9 @@ class EmulatorState:
 
     def ingest_log(self) -> list[dict[str, Any]]:
         """One entry per ingest request (the last 10,000): ``outcome`` (a status, ``drop``, ``timeout``,
-        ``ack_lost``), ``ingested_count`` (200 only), ``body_bytes`` (None: over the limit), ``events``
-        (how many events the body carried, faulty answers too; None when it is not a body of events),
-        ``at`` (the emulator's monotonic clock when it answered, seconds: for request-rate windows)."""
+        ``ack_lost``), ``ingested_count`` (200 only), ``body_bytes`` (None: over the limit), ``at`` (when
+        it arrived, on the emulator's monotonic clock, seconds: request rates per window), ``events``
+        (how many events the body carried, faulty answers too; None when it is not a body of events)."""
         with self._lock:
             return [dict(entry) for entry in self._log]
 

@@ -142,9 +142,13 @@ class Chaos:
             finally:
                 self.emulator.set_faults(**FAULTS)
         else:  # "after": the rows it held were just settled (the answer came, the settle committed)
-            held: list[str] = []
-            reached = soon(lambda: bool(held.extend(self.holding(agent)) or held))
-            reached = reached and soon(lambda: not set(held) & set(self.holding(agent)))
+            held: set[str] = set()
+
+            def holds() -> bool:
+                held.update(self.holding(agent))
+                return bool(held)
+
+            reached = soon(holds) and soon(lambda: not held & set(self.holding(agent)))
         agent.kill()
         self.kills.append(Kill(number, point, reached))
         agent.start()
