@@ -119,6 +119,12 @@ def soon(predicate: Callable[[], bool], seconds: float = 5.0) -> bool:
     return True
 
 
+def stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (state T in /proc/PID/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
 class Chaos:
     def __init__(self, fleet: Fleet, emulator: EmulatorProcess, url: str, schema: str) -> None:
         self.fleet, self.emulator, self.url, self.schema = fleet, emulator, url, schema
@@ -157,12 +163,24 @@ class Chaos:
         """SIGSTOP an agent holding rows (Dodo holding its request) past its lease; SIGCONT it once the
         others delivered those rows: it must move none of them (its settle is guarded by its lease)."""
         agent = self.fleet.agents[number]
+        assert agent.proc is not None
+        proc = agent.proc
+        held: list[str] = []
+
+        def stopped_holding() -> bool:
+            if not self.holding(agent):
+                return False
+            proc.send_signal(signal.SIGSTOP)
+            wait_until(lambda: stopped(proc.pid), 10, "the agent to stop")
+            held[:] = self.holding(agent)  # stable now: it is stopped and its lease outlives this read
+            if held:
+                return True
+            proc.send_signal(signal.SIGCONT)  # it had just settled: let it claim again
+            return False
+
         self.emulator.set_faults(**FAULTS, latency_ms=HOLD_MS)
         try:
-            soon(lambda: bool(self.holding(agent)), 10.0)
-            assert agent.proc is not None
-            agent.proc.send_signal(signal.SIGSTOP)
-            held = self.holding(agent)  # stable now: it is stopped and its lease outlives this read
+            wait_until(stopped_holding, 60, "an agent to stop while it holds rows", poll=0.01)
         finally:
             self.emulator.set_faults(**FAULTS)
         mark = agent.log_path.stat().st_size
@@ -172,7 +190,7 @@ class Chaos:
 
         wait_until(delivered_by_others, 90, "the others to deliver the stalled agent's rows")
         settled = {i: store.get(i).settled_at_us for i in held}
-        agent.proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGCONT)
 
         def lost_its_lease() -> bool:
             with agent.log_path.open("rb") as log:
