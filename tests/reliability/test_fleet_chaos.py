@@ -49,6 +49,7 @@ from tests.reliability.fleet import (
     worst_window,
 )
 from tests.reliability.helpers import AgentProcess, EmulatorProcess, status_json, wait_until
+from tests.reliability.test_chaos import FAULTS  # the SQLite chaos test's faults, the same Dodo
 
 MODE = os.environ.get("DODO_OUTBOX_FLEET_CHAOS", "ci").strip().lower()
 AGENTS = 3
@@ -78,14 +79,6 @@ PLANS = {
 PLAN = PLANS.get(MODE, PLANS["ci"])
 ROLLBACK_RATE = 0.2
 
-FAULTS: dict[str, Any] = {
-    "error_rates": {"500": 0.08, "502": 0.02, "503": 0.04, "429": 0.04},
-    "timeout_rate": 0.03,
-    "drop_rate": 0.03,
-    "ack_lost_rate": 0.05,
-    "retry_after_seconds": 1,
-    "timeout_sleep_seconds": 2.5,  # longer than the agents' 1 s request timeout
-}
 HOLD_MS = 600  # Dodo holds every request this long (below the 1 s timeout): an agent dies mid-POST
 
 
