@@ -94,9 +94,9 @@ class Bouncer:
             f"logfile = {self.log}",
             f"pidfile = {self.root / 'pgbouncer.pid'}",
             f"admin_users = {self.user}",
-            # psycopg and libpq may send these; PgBouncer refuses unknown startup parameters.
-            "ignore_startup_parameters = extra_float_digits,options",
-            "server_reset_query =",
+            # JDBC-style clients send it; `options` stays refused, as a stock PgBouncer refuses it, so a
+            # client that needs a startup option (e.g. search_path) fails here as it would in production.
+            "ignore_startup_parameters = extra_float_digits",
             "",
         ]
         self.config = self.root / "pgbouncer.ini"
