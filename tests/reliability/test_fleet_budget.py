@@ -104,7 +104,9 @@ def test_a_401_seen_by_one_agent_pauses_all_with_one_probe_for_the_fleet_and_a_f
         emulator.url,
         postgres_url,
         pg_schema,
-        delivery={"batch_max_events": 5, "auth_retry_seconds": retry},
+        # A budget (2 requests/s) makes the drain after the fix outlast an idle agent's polling
+        # backoff, so each of the three has work to show that it resumed.
+        delivery={"batch_max_events": 5, "auth_retry_seconds": retry, "requests_per_minute": 120, "burst": 1},
     )
     fleet_env.append(fleet)
     fleet.start()
@@ -115,7 +117,7 @@ def test_a_401_seen_by_one_agent_pauses_all_with_one_probe_for_the_fleet_and_a_f
         wait_until(partial(paused, agent.url, True), what=f"{agent.log_path.name} to show the pause")
         assert "401" in agent_status(agent.url)["paused_reason"]
     # Work for everyone now: a paused fleet still sends only its one probe per auth_retry_seconds.
-    enqueue(postgres_url, pg_schema, "later", 300)
+    enqueue(postgres_url, pg_schema, "later", 100)
     seen = len(emulator.admin("GET", "log")["items"])
     probes = 6
     wait_until(lambda: len(emulator.admin("GET", "log")["items"]) >= seen + probes, 60, f"{probes} probes")
@@ -126,12 +128,12 @@ def test_a_401_seen_by_one_agent_pauses_all_with_one_probe_for_the_fleet_and_a_f
     assert over_budget(request_times(log), 60 / retry, 1, widths=(2, 3, 4)) == [], request_times(log)
 
     emulator.set_keys([KEY])  # the key is accepted again: the next probe goes through
-    wait_until(lambda: emulator.stats()["events_stored"] == 301, 60, "the fleet to resume and deliver all")
+    wait_until(lambda: emulator.stats()["events_stored"] == 101, 90, "the fleet to resume and deliver all")
     for agent in fleet.agents:
         wait_until(partial(paused, agent.url, False), what=f"{agent.log_path.name} to resume")
     # All three deliver again, not only the one whose probe went through.
     marks = [agent.log_path.stat().st_size for agent in fleet.agents]
-    enqueue(postgres_url, pg_schema, "after", 600)
+    enqueue(postgres_url, pg_schema, "after", 240)  # 48 requests: some 24 s at the budget
 
     def delivered_since(n: int) -> bool:
         with fleet.agents[n].log_path.open("rb") as log_file:
@@ -139,7 +141,7 @@ def test_a_401_seen_by_one_agent_pauses_all_with_one_probe_for_the_fleet_and_a_f
             return b'"batch_delivered"' in log_file.read()
 
     for n in range(3):
-        wait_until(partial(delivered_since, n), 60, f"agent{n} to deliver after the key was fixed")
+        wait_until(partial(delivered_since, n), 90, f"agent{n} to deliver after the key was fixed")
 
 
 @pytest.fixture
