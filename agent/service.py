@@ -141,7 +141,10 @@ class Agent:
         integrity."""
         outbox = self.settings.outbox
         if self.settings.on_postgres:
-            return open_store(outbox.url, StoreOptions(schema=outbox.schema))
+            return open_store(
+                outbox.url,
+                StoreOptions(schema=outbox.schema, prepared_statements=outbox.prepared_statements),
+            )
         path = self.settings.outbox_path
         options = StoreOptions(
             synchronous=outbox.synchronous,

@@ -507,6 +507,14 @@ def test_stats_events_log_and_reset_over_http(dodo: EmulatorServer, client: http
         ("200", 0),
         ("400", None),
     ]
+    # How many events each request carried, and when it came (monotonic, in order): the fleet tests
+    # check batch sizes and request windows against the budget from this log.
+    assert [entry["events"] for entry in log] == [2, 1, 1]
+    assert log[0]["at"] <= log[1]["at"] <= log[2]["at"]
+    dodo.set_faults(script=[503])
+    ingest(client, event("c"), event("d"), event("e"))
+    faulty = client.get(f"{base}/log").json()["items"][-1]
+    assert (faulty["outcome"], faulty["events"]) == ("503", 3)  # a faulty answer still counts its batch
     dodo.set_faults(script=[503])
     dodo.set_keys(["other"])
     assert client.post(f"{base}/reset").status_code == 200

@@ -89,8 +89,12 @@ def resolve_location(settings: Settings, outbox: Location | None) -> Location:
 
 
 def store_options(settings: Settings) -> StoreOptions:
-    """The configured options of the outbox: SQLite's `synchronous`, PostgreSQL's `schema`."""
-    return StoreOptions(synchronous=settings.outbox.synchronous, schema=settings.outbox.schema)
+    """The configured options of the outbox: SQLite's `synchronous`, PostgreSQL's `schema` and
+    `prepared_statements`."""
+    outbox = settings.outbox
+    return StoreOptions(
+        synchronous=outbox.synchronous, schema=outbox.schema, prepared_statements=outbox.prepared_statements
+    )
 
 
 def _where(location: Location, settings: Settings) -> str:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from agent.emulator.config import BUSINESS_ID, EmulatorConfig, normalize_meters
 from agent.emulator.contract import (
     ContractError,
@@ -99,7 +101,7 @@ class EmulatorState:
             fault = self._plan.decide(self._monotonic(), self._rng)
             delay = self._plan.latency_ms / 1000.0
             if fault is not None and fault.kind != "ack_lost":
-                return self._fault_answer(fault, delay)
+                return self._fault_answer(fault, delay, body)
             answer = self._ingest_locked(authorization, body)
             outcome = "ack_lost" if fault is not None else str(answer.status)
             self._record(outcome, answer, body)
@@ -119,21 +121,21 @@ class EmulatorState:
                     "reject_customer_ids)",
                 )
 
-    def _fault_answer(self, fault: Fault, delay: float) -> Answer:
+    def _fault_answer(self, fault: Fault, delay: float, body: bytes | None) -> Answer:
         self._counts["faults_injected"] += 1
         headers = self._limiter.peek(self._monotonic()).headers()
         if fault.kind == "drop":
-            self._record("drop", None, None)
+            self._record("drop", None, body)
             return Answer(0, action="drop", delay_seconds=delay)
         if fault.kind == "timeout":
-            self._record("timeout", None, None)
+            self._record("timeout", None, body)
             sleep = self._plan.timeout_sleep_seconds
             sleep = self.config.timeout_sleep_seconds if sleep is None else sleep
-            body = Fault("status", 504, fault.source).body()
-            return Answer(504, body, headers, action="timeout", delay_seconds=delay, sleep_seconds=sleep)
+            answer = Fault("status", 504, fault.source).body()
+            return Answer(504, answer, headers, action="timeout", delay_seconds=delay, sleep_seconds=sleep)
         if fault.status == 429:
             headers["Retry-After"] = f"{self._plan.retry_after_seconds:g}"
-        self._record(str(fault.status), None, None)
+        self._record(str(fault.status), None, body)
         return Answer(fault.status, fault.body(), headers, delay_seconds=delay)
 
     def _ingest_locked(self, authorization: str | None, body: bytes | None) -> Answer:
@@ -204,6 +206,7 @@ class EmulatorState:
                 "ingested_count": ingested,
                 "body_bytes": size,
                 "at": round(self._monotonic(), 6),
+                "events": _count_events(body),
             }
         )
 
@@ -285,7 +288,8 @@ class EmulatorState:
     def ingest_log(self) -> list[dict[str, Any]]:
         """One entry per ingest request (the last 10,000): ``outcome`` (a status, ``drop``, ``timeout``,
         ``ack_lost``), ``ingested_count`` (200 only), ``body_bytes`` (None: over the limit), ``at`` (when
-        it arrived, on the emulator's monotonic clock, seconds: request rates per window)."""
+        it arrived, on the emulator's monotonic clock, seconds: request rates per window), ``events``
+        (how many events the body carried, faulty answers too; None when it is not a body of events)."""
         with self._lock:
             return [dict(entry) for entry in self._log]
 
@@ -309,6 +313,17 @@ class EmulatorState:
         clock offset 0, a full rate-limit bucket."""
         with self._lock:
             self._reset_locked()
+
+
+def _count_events(body: bytes | None) -> int | None:
+    """The number of events in an ingest body, or None when it is not ``{"events": [...]}``."""
+    if body is None:
+        return None
+    try:
+        events = orjson.loads(body).get("events")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return len(events) if isinstance(events, list) else None
 
 
 def _copy(event: dict[str, Any]) -> dict[str, Any]:
