@@ -22,6 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent.config import Settings
 from agent.delivery.worker import Worker
+from agent.errors import OutboxError
 from agent.logs import get_logger
 
 log = get_logger(__name__)
@@ -132,6 +133,10 @@ class AgentScheduler:
                         break
             if report is not None:
                 self._run_again_at(report.next_due)
+        except OutboxError:
+            if not self.worker.outage.down:
+                log.exception("drain_failed")
+            # else the worker said so once (outbox_unreachable), not with a traceback every tick
         except Exception:
             log.exception("drain_failed")
         finally:

@@ -30,9 +30,11 @@ from agent.delivery.batch import Batch, Counts, DrainReport, prepare
 from agent.delivery.client import BODY_OVERHEAD, DodoClient
 from agent.delivery.clockwatch import ClockWatch
 from agent.delivery.keys import ApiKeys
+from agent.delivery.outage import OutboxOutage, quiet_pool_warnings
 from agent.delivery.pacing import TokenBucket
 from agent.delivery.pause import Pause
 from agent.delivery.send import BatchRunner
+from agent.errors import OutboxClosedError, OutboxError
 from agent.store import OutboxStore
 from agent.timestamps import from_us, to_us
 
@@ -65,6 +67,8 @@ class Worker:
         self.keys = ApiKeys(settings, environ)
         self.pause = Pause(store, d, base_url=client.base_url, keys=self.keys)
         self.clockwatch = ClockWatch(store, d, clock)
+        self.outage = OutboxOutage(store.location)
+        quiet_pool_warnings()  # the outage lines say what the pool's per-attempt warnings would repeat
         self.last_tick = time.monotonic()
         self._closed = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
@@ -130,14 +134,35 @@ class Worker:
         return total
 
     def _drain(self, now: float | None, stop: threading.Event) -> DrainReport:
+        began = time.monotonic()
         try:
             step = self.clockwatch.check()
             if step:  # the wall clock stepped back: keep our own instants as far ahead as they were
                 self.breaker.shift_back(step)
                 self.pause.shift_back(step)
-            return self._tick(self._clock() if now is None else now, stop)
+            report = self._tick(self._clock() if now is None else now, stop)
+        except OutboxClosedError:
+            raise  # closed by us (shutting down): not an outage
+        except OutboxError as exc:
+            self.outage.failed(exc, began)  # one line when it starts, a reminder a minute (see outage)
+            raise
         finally:
             self.last_tick = time.monotonic()
+        if self.outage.down:
+            self._probe_outbox()
+        return report
+
+    def _probe_outbox(self) -> None:
+        """During an outage, after a tick that raised nothing: did it reach the outbox? (A paused tick
+        reads nothing.) One cheap read decides whether the outage is over."""
+        try:
+            self.store.next_due_us()
+        except OutboxClosedError:
+            return
+        except OutboxError as exc:
+            self.outage.failed(exc)
+            return
+        self.outage.succeeded()
 
     def _tick(self, base: float, stop: threading.Event) -> DrainReport:
         started = time.monotonic()
