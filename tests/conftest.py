@@ -82,6 +82,25 @@ def postgres_url() -> Iterator[str]:
         cluster.stop()
 
 
+@pytest.fixture
+def pg_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL server of this test alone (`.url`, `.restart("immediate")`, `.crash()`, `.start()`),
+    for a test that crashes or restarts it: never the session's `postgres_url`, which the other tests
+    of the same worker share. Skips (or fails under REQUIRE_ENV) where PostgreSQL is missing."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _unavailable("psycopg is not installed (pip install 'dodo-outbox[postgres]')")
+    try:
+        cluster = Cluster()
+    except Unavailable as exc:
+        _unavailable(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def _unavailable(reason: str) -> Any:
     if os.environ.get(REQUIRE_ENV):
         pytest.fail(f"{REQUIRE_ENV} is set but PostgreSQL tests cannot run: {reason}")
