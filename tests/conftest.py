@@ -68,14 +68,7 @@ def postgres_url() -> Iterator[str]:
     if given:
         yield given
         return
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        _unavailable("psycopg is not installed (pip install 'dodo-outbox[postgres]')")
-    try:
-        cluster = Cluster()
-    except Unavailable as exc:
-        _unavailable(str(exc))
+    cluster = _throwaway_cluster()
     try:
         yield cluster.url
     finally:
@@ -87,18 +80,23 @@ def pg_cluster() -> Iterator[Cluster]:
     """A PostgreSQL server of this test alone (`.url`, `.restart("immediate")`, `.crash()`, `.start()`),
     for a test that crashes or restarts it: never the session's `postgres_url`, which the other tests
     of the same worker share. Skips (or fails under REQUIRE_ENV) where PostgreSQL is missing."""
+    cluster = _throwaway_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _throwaway_cluster() -> Cluster:
+    """A new cluster (the caller stops it), or skip / fail the test saying why there is none."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
         _unavailable("psycopg is not installed (pip install 'dodo-outbox[postgres]')")
     try:
-        cluster = Cluster()
+        return Cluster()
     except Unavailable as exc:
-        _unavailable(str(exc))
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+        return _unavailable(str(exc))
 
 
 def _unavailable(reason: str) -> Any:
