@@ -85,6 +85,7 @@ def test_the_database_crashing_mid_drain_loses_nothing_and_the_agent_says_so(
         sections = pg_sections(tmp_path, emulator.url, port, url, SCHEMA)
         config = write_config(tmp_path / "agent.toml", sections)
         agent = AgentProcess(config, tmp_path / "agent.log", port, {"DODO_PAYMENTS_API_KEY": KEY})
+        request.addfinalizer(agent.ensure_stopped)  # a failing test leaves no agent behind
         agent.start()
         producer = Producer(agent.url).start()
         stuck: str | None = None
