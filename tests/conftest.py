@@ -68,18 +68,36 @@ def postgres_url() -> Iterator[str]:
     if given:
         yield given
         return
+    cluster = _throwaway_cluster()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL server of this test alone (`.url`, `.restart("immediate")`, `.crash()`, `.start()`),
+    for a test that crashes or restarts it: never the session's `postgres_url`, which the other tests
+    of the same worker share. Skips (or fails under REQUIRE_ENV) where PostgreSQL is missing."""
+    cluster = _throwaway_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _throwaway_cluster() -> Cluster:
+    """A new cluster (the caller stops it), or skip / fail the test saying why there is none."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
         _unavailable("psycopg is not installed (pip install 'dodo-outbox[postgres]')")
     try:
-        cluster = Cluster()
+        return Cluster()
     except Unavailable as exc:
         _unavailable(str(exc))
-    try:
-        yield cluster.url
-    finally:
-        cluster.stop()
+        raise  # not reached: _unavailable skips or fails the test
 
 
 def _unavailable(reason: str) -> Any:

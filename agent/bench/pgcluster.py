@@ -86,6 +86,11 @@ class Cluster:
             ]
         )
 
+    def crash(self) -> None:
+        """`pg_ctl stop -m immediate`, keeping the data: the server dies as in a crash (no checkpoint);
+        `start()` brings it back through crash recovery. For tests that hold the database down."""
+        self._run(["pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"])
+
     def _run(self, argv: list[str]) -> None:
         done = subprocess.run(
             [*self.as_user, str(self.bindir / argv[0]), *argv[1:]],

@@ -36,6 +36,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from agent.config import Settings
 from agent.delivery.batch import DrainReport
 from agent.delivery.worker import Worker
+from agent.errors import OutboxError
 from agent.logs import get_logger
 from agent.ops.fleet import BEAT_SECONDS
 
@@ -163,6 +164,10 @@ class AgentScheduler:
             if report is not None:
                 self._back_off(report)
                 self._run_again_at(report.next_due)
+        except OutboxError:
+            if not self.worker.outage.down:
+                log.exception("drain_failed")
+            # else the worker said so once (outbox_unreachable), not with a traceback every tick
         except Exception:
             log.exception("drain_failed")
         finally:

@@ -34,8 +34,10 @@ from agent.delivery.client import BODY_OVERHEAD, DodoClient
 from agent.delivery.clockwatch import ClockWatch
 from agent.delivery.heartbeat import Heartbeat
 from agent.delivery.keys import ApiKeys
+from agent.delivery.outage import OutboxOutage, quiet_pool_warnings
 from agent.delivery.pause import Pause
 from agent.delivery.send import BatchRunner
+from agent.errors import OutboxClosedError, OutboxError
 from agent.store import OutboxStore
 from agent.timestamps import from_us, to_us
 
@@ -70,6 +72,8 @@ class Worker:
         self.pause = Pause(store, d, base_url=client.base_url, keys=self.keys, agent_id=self.owner)
         self.heartbeat = Heartbeat(store, self.owner)
         self.clockwatch = ClockWatch(store, d, clock)
+        self.outage = OutboxOutage(store.location)
+        quiet_pool_warnings()  # the outage lines say what the pool's per-attempt warnings would repeat
         self.last_tick = time.monotonic()
         self._closed = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
@@ -135,6 +139,7 @@ class Worker:
         return total
 
     def _drain(self, now: float | None, stop: threading.Event) -> DrainReport:
+        began = time.monotonic()
         try:
             step = self.clockwatch.check()
             if step:  # the wall clock stepped back: keep our own instants as far ahead as they were
@@ -142,10 +147,29 @@ class Worker:
                 self.pause.shift_back(step)
             report = self._tick(self._clock() if now is None else now, stop)
             self.heartbeat.count(claimed=report.claimed, delivered=report.delivered)
-            return report
+        except OutboxClosedError:
+            raise  # closed by us (shutting down): not an outage
+        except OutboxError as exc:
+            self.outage.failed(exc, began)  # one line when it starts, a reminder a minute (see outage)
+            raise
         finally:
             self.last_tick = time.monotonic()
             self.heartbeat.beat()
+        if self.outage.down:
+            self._probe_outbox()
+        return report
+
+    def _probe_outbox(self) -> None:
+        """During an outage, after a tick that raised nothing: did it reach the outbox? (A paused tick
+        reads nothing.) One cheap read decides whether the outage is over."""
+        try:
+            self.store.next_due_us()
+        except OutboxClosedError:
+            return
+        except OutboxError as exc:
+            self.outage.failed(exc)
+            return
+        self.outage.succeeded()
 
     def _tick(self, base: float, stop: threading.Event) -> DrainReport:
         started = time.monotonic()

@@ -47,6 +47,10 @@ class PgBase:
                 min_size=1,
                 max_size=4,
                 timeout=timeout,
+                # Retry a lost connection with backoff for this long, then give up and open a fresh one
+                # at the next request: psycopg_pool's default (300 s of doubling delays) left the agent
+                # waiting 20 s after a 40 s database outage had ended, this about 1 s.
+                reconnect_timeout=timeout,
                 open=False,
                 kwargs={
                     "autocommit": False,
