@@ -105,6 +105,7 @@ class Agent:
                 extra_routes=ops_routes(self._store(), settings),
                 shutting_down=self.shutting_down,
                 readback=Readback(settings, self.environ),
+                wedged=self.wedged,
             )
             self.http = HttpServer(app, settings.intake_http.listen, token=settings.intake_http.token).start()
         if settings.intake_dropdir.enabled:
@@ -190,22 +191,31 @@ class Agent:
         thread.start()
         self._threads.append(thread)
 
+    def wedged(self) -> str | None:
+        """Why the agent is stuck, or None: its drain loop has not finished a tick for longer than a drain
+        can legitimately take (a few request timeouts). systemd's watchdog and `/healthz` both use it, so a
+        supervisor (systemd, a Kubernetes liveness probe) restarts an agent whose delivery hung."""
+        worker = self.worker
+        if worker is None:
+            return None
+        limit = max(3 * self.settings.delivery.interval_seconds, 3 * self.settings.delivery.timeout_seconds)
+        idle = time.monotonic() - worker.last_tick
+        if idle < limit:
+            return None
+        return f"the drain loop has not finished a tick for {idle:.0f} s (limit {limit:.0f} s)"
+
     def _start_watchdog(self) -> None:
         interval = systemd.watchdog_interval(self.environ)
         if interval is None:
             return
-        # A drain can legitimately take a few request timeouts; beyond that the worker is wedged.
-        limit = max(3 * self.settings.delivery.interval_seconds, 3 * self.settings.delivery.timeout_seconds)
 
         def ping() -> None:
             while not self.stopped.wait(interval):
-                worker = self.worker
-                if worker is not None and time.monotonic() - worker.last_tick < limit:
+                stuck = self.wedged()
+                if stuck is None:
                     systemd.watchdog(self.environ)
                 else:
-                    log.warning(
-                        "watchdog_withheld", reason="the drain loop has not ticked", limit_seconds=limit
-                    )
+                    log.warning("watchdog_withheld", reason=stuck)
 
         self._spawn(ping, name="dodo-outbox-watchdog")
 

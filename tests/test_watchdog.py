@@ -42,3 +42,32 @@ def test_watchdog_is_fed_while_ticking_and_withheld_when_wedged(tmp_path: Path) 
             assert pings(sock, 0.5) == []
         finally:
             agent.stopped.set()
+
+
+def test_a_wedged_drain_loop_turns_healthz_503_so_a_liveness_probe_restarts_the_agent(tmp_path: Path) -> None:
+    """Outside systemd (a container), `/healthz` is the watchdog: 503 while the drain loop is stuck."""
+    import httpx
+
+    from agent.config import HttpIntakeSettings
+    from agent.intake.http import create_app
+    from agent.intake.server import HttpServer
+    from agent.outbox import Outbox
+
+    agent = Agent(Settings())
+    worker = SimpleNamespace(last_tick=time.monotonic())
+    agent.worker = worker  # type: ignore[assignment]
+    with Outbox(tmp_path / "o.db") as outbox:
+        app = create_app(outbox, HttpIntakeSettings(), status=dict, readiness=dict, wedged=agent.wedged)
+        server = HttpServer(app, "127.0.0.1:0").start()
+        try:
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                assert client.get("/healthz").json() == {"status": "ok"}
+                worker.last_tick = time.monotonic() - 3600  # a store call hung: no tick for an hour
+                answer = client.get("/healthz")
+                assert answer.status_code == 503
+                assert answer.json()["status"] == "wedged"
+                assert "has not finished a tick for 3600 s" in answer.json()["reason"]
+                worker.last_tick = time.monotonic()  # it ticks again: alive
+                assert client.get("/healthz").status_code == 200
+        finally:
+            server.stop(1)

@@ -12,8 +12,9 @@ An app moves to the agent by changing only its SDK's `base_url`. Same request, s
   problem; nothing of a refused request is stored.
 - `401` token, `413` body size, `408` body too slow, `415` not JSON, `429` + `Retry-After` when the
   outbox is full (the SDK retries it), `503` + `Retry-After` when shutting down or the outbox fails.
-Also `GET /healthz` (alive), `GET /readyz` (outbox open and not shutting down), `GET /v1/status`, and,
-when given a `Readback`, `GET /events` and `GET /events/{event_id}` forwarded to Dodo (`readback.py`).
+Also `GET /healthz` (alive; 503 when the drain loop is wedged), `GET /readyz` (outbox open and not
+shutting down), `GET /v1/status`, and, when given a `Readback`, `GET /events` and `GET /events/{event_id}`
+forwarded to Dodo (`readback.py`).
 
 The token: when `[intake.http] token` is set, `/events/ingest`, `/v1/status` and the forwarded reads
 need `Authorization: Bearer <token>`. The official SDK sends its API key as that bearer, so apps set their
@@ -85,6 +86,8 @@ class HttpIntake:
     readiness: Callable[[], dict[str, Any]]
     shutting_down: threading.Event
     clock: Callable[[], float] = time.time
+    wedged: Callable[[], str | None] = lambda: None
+    """Why the agent is alive but stuck (its drain loop stopped ticking), or None: `/healthz` answers 503."""
     full_retry_after: float | None = None
     committer: Committer = field(init=False)
     _limiters: dict[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = field(default_factory=dict)
@@ -240,6 +243,9 @@ class HttpIntake:
         await response(scope, receive, send)
 
     async def healthz(self, request: Request) -> Response:
+        stuck = self.wedged()
+        if stuck is not None:
+            return json_response(503, {"status": "wedged", "reason": stuck, "action": "restart the agent"})
         return json_response(200, {"status": "ok"})
 
     def _ready(self) -> tuple[bool, dict[str, Any]]:
@@ -322,6 +328,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     full_retry_after: float | None = None,
     readback: Readback | None = None,
+    wedged: Callable[[], str | None] | None = None,
 ) -> Starlette:
     """The ASGI app of the endpoint (serve it with `agent.intake.server.HttpServer`).
 
@@ -330,6 +337,7 @@ def create_app(
     Set `shutting_down` (also at `app.state.shutting_down`) to refuse new events with 503.
     `full_retry_after` overrides the Retry-After of a 429 (default: what the outbox suggests).
     With `readback`, `GET /events` and `GET /events/{event_id}` are forwarded to Dodo (behind the token).
+    `wedged()` says why the agent is stuck (`/healthz` then answers 503, so a liveness probe restarts it).
     """
     intake = HttpIntake(
         outbox,
@@ -339,6 +347,7 @@ def create_app(
         shutting_down=shutting_down or threading.Event(),
         clock=clock,
         full_retry_after=full_retry_after,
+        wedged=wedged or (lambda: None),
     )
     routes: list[BaseRoute] = [
         Route(INGEST_PATH, intake.ingest, methods=["POST"]),
