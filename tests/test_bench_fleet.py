@@ -108,7 +108,7 @@ def test_a_drainer_that_fails_is_named_at_once_not_waited_for() -> None:
 
 
 def test_the_benchmark_emulator_plays_an_accounts_rate_limit_when_asked() -> None:
-    body = {"events": []}
+    body: dict[str, list[object]] = {"events": []}
     headers = {"Authorization": f"Bearer {API_KEY}"}
     with running_emulator(rate_limit=(1.0, 60.0)) as emulator:
         statuses = [
