@@ -17,19 +17,11 @@ from agent.bench.drain import fill
 from agent.bench.emulator_proc import emulator_admin, running_emulator
 from agent.bench.fleet_child import Drainers
 from agent.store import StoreOptions, open_store
+from tests.test_bench_robust import PG_ROWS
 
 pytestmark = pytest.mark.timeout(240)
 
-FLEET_ROWS = [
-    "fleet.drain.1",
-    "fleet.drain.2",
-    "fleet.drain.4",
-    "fleet.drain.scaling",
-    "fleet.duplicates",
-    "fleet.budget.window",
-    "fleet.budget.excess",
-    "fleet.budget.429",
-]
+FLEET_ROWS = [name for name in PG_ROWS if name.startswith("fleet.")]
 
 
 def test_the_worst_window_counts_the_arrivals_of_the_busiest_stretch() -> None:
