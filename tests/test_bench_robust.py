@@ -170,6 +170,14 @@ PG_ROWS = [
     "pg.producer.cost.procrastinate",
     "pg.drain",
     "pg.drain.pgmq",
+    "fleet.drain.1",
+    "fleet.drain.2",
+    "fleet.drain.4",
+    "fleet.drain.scaling",
+    "fleet.duplicates",
+    "fleet.budget.window",
+    "fleet.budget.excess",
+    "fleet.budget.429",
 ]
 
 
@@ -245,13 +253,21 @@ def test_without_pgmq_and_procrastinate_their_rows_say_not_installed_ours_are_me
         "pg.producer.cost.pgmq",
         "pg.producer.cost.procrastinate",
         "pg.drain.pgmq",
+        "fleet.drain.1",
+        "fleet.drain.2",
+        "fleet.drain.4",
+        "fleet.duplicates",
     }
     for name in peers:
         assert rows[name]["missing"] == NOT_INSTALLED, rows[name]
         assert None in (rows[name]["ours"], rows[name]["baseline"]) and rows[name]["passed"] is None
         assert "pip install 'dodo-outbox[bench]'" in rows[name]["note"]
-    for name in ("pg.producer.alone", "pg.producer.ours", "pg.drain"):
+    for name in ("pg.producer.alone", "pg.producer.ours", "pg.drain", "fleet.drain.scaling"):
         assert not rows[name]["missing"] and rows[name]["ours"] > 0, rows[name]
+    for name in ("fleet.drain.1", "fleet.drain.2", "fleet.drain.4"):
+        assert rows[name]["ours"] > 0 and rows[name]["extra"]["duplicates"] == 0, rows[name]
+    for name in ("fleet.budget.window", "fleet.budget.excess", "fleet.budget.429"):
+        assert not rows[name]["missing"] and rows[name]["ours"] is not None, rows[name]
     # Everything the run created on the server is gone again.
     import psycopg
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from agent.bench.fleet_budget import worst_excess
 from agent.config import DodoSettings, Settings
 from agent.delivery.worker import Worker
 from agent.emulator import EmulatorServer
@@ -91,18 +92,6 @@ def drain_together(workers: list[Worker], done: Callable[[], bool], timeout: flo
             t.join(30)
     if failures:
         raise failures[0]
-
-
-def worst_excess(arrivals: list[float], per_minute: float, burst: int) -> float:
-    """The most requests any window [a_i, a_j] held beyond what the budget allows in it
-    (burst + rate x its length); <= 0 when every window kept to the budget."""
-    rate = per_minute / 60.0
-    times = sorted(arrivals)
-    worst = float("-inf")
-    for i, start in enumerate(times):
-        for j in range(i, len(times)):
-            worst = max(worst, (j - i + 1) - (burst + rate * (times[j] - start)))
-    return worst
 
 
 # -- one rate budget --------------------------------------------------------------------------------

@@ -143,18 +143,7 @@ class Pgmq:
         """read(batch) + POST to `url` + delete_batch, until the queue is empty; the events delivered.
 
         Raises RuntimeError on a non-2xx answer."""
-        delivered = 0
-        with _client(url) as client:
-            while True:
-                messages = self.client.read(queue, vt=30, qty=batch)
-                if not messages:
-                    return delivered
-                body = orjson.dumps({"events": [m.message for m in messages]})
-                response: httpx.Response = client.post("/events/ingest", content=body)
-                if response.status_code // 100 != 2:
-                    raise RuntimeError(f"pgmq loop: HTTP {response.status_code}: {response.text[:200]}")
-                self.client.delete_batch(queue, [m.msg_id for m in messages])
-                delivered += len(messages)
+        return pgmq_drain(self.client, queue, url, batch)
 
     def close(self) -> None:
         import psycopg
@@ -167,6 +156,24 @@ class Pgmq:
                     conn.execute("DROP SCHEMA IF EXISTS pgmq CASCADE")
         finally:
             self.pool.close()
+
+
+def pgmq_drain(client: Any, queue: str, url: str, batch: int = 1000) -> int:
+    """pgmq's consumer loop with `client` (a `pgmq.PGMQueue`): read(batch) (its visibility timeout,
+    `FOR UPDATE SKIP LOCKED`, so several consumers share a queue) + POST to `url` + delete_batch,
+    until a read finds nothing; the events delivered. Raises RuntimeError on a non-2xx answer."""
+    delivered = 0
+    with _client(url) as http:
+        while True:
+            messages = client.read(queue, vt=30, qty=batch)
+            if not messages:
+                return delivered
+            body = orjson.dumps({"events": [m.message for m in messages]})
+            response: httpx.Response = http.post("/events/ingest", content=body)
+            if response.status_code // 100 != 2:
+                raise RuntimeError(f"pgmq loop: HTTP {response.status_code}: {response.text[:200]}")
+            client.delete_batch(queue, [m.msg_id for m in messages])
+            delivered += len(messages)
 
 
 class Procrastinate:

@@ -1,4 +1,5 @@
-"""The PostgreSQL group of `dodo-outbox bench`: producer cost (`pg_producer`) and drain (`pg_drain`).
+"""The PostgreSQL group of `dodo-outbox bench`: producer cost (`pg_producer`), drain (`pg_drain`), and
+a fleet of agent processes draining one outbox, with and without a shared budget (`fleet`).
 
 The server is `--postgres URL` (`Context.postgres_url`): the run creates its own schemas there (and
 pgmq's, when the server has none) and drops them afterwards. Without a URL, a throwaway cluster is
@@ -9,7 +10,7 @@ installed (pgmq, procrastinate: the `bench` extra) leaves its rows "not installe
 
 from __future__ import annotations
 
-from agent.bench import pg_baselines, pg_drain, pg_producer
+from agent.bench import fleet, fleet_budget, pg_baselines, pg_drain, pg_producer
 from agent.bench.common import NO_POSTGRES, NOT_INSTALLED, Context, Row
 from agent.bench.emulator_proc import running_emulator
 from agent.bench.pgcluster import Cluster, Unavailable
@@ -23,7 +24,9 @@ def run(ctx: Context) -> list[Row]:
         import psycopg  # noqa: F401 (imported only to learn whether it is installed)
     except ImportError:
         return absent_rows(
-            NOT_INSTALLED, f"psycopg is not installed, so PostgreSQL was not measured: {POSTGRES_EXTRA}"
+            NOT_INSTALLED,
+            f"psycopg is not installed, so PostgreSQL was not measured: {POSTGRES_EXTRA}",
+            ctx.quick,
         )
     missing = pg_baselines.missing_peers()
     if missing:
@@ -38,6 +41,7 @@ def run(ctx: Context) -> list[Row]:
             return absent_rows(
                 NO_POSTGRES,
                 f"no PostgreSQL to measure: {exc}. Install PostgreSQL or pass --postgres URL",
+                ctx.quick,
             )
         url = cluster.url
     else:
@@ -48,6 +52,7 @@ def run(ctx: Context) -> list[Row]:
         ctx.progress("postgres: starting the emulator")
         with running_emulator() as emulator_url:
             rows += pg_drain.run(ctx, url, emulator_url, missing)
+        rows += fleet.run(ctx, url, missing)
     finally:
         if cluster is not None:
             cluster.stop()
@@ -56,10 +61,12 @@ def run(ctx: Context) -> list[Row]:
     return rows
 
 
-def absent_rows(missing: str, note: str) -> list[Row]:
+def absent_rows(missing: str, note: str, quick: bool = False) -> list[Row]:
     """Every row of the group, unmeasured: `missing` stands in the verdict column, `note` says why."""
     rows = pg_producer.rows({"alone": []}, [])
     rows += pg_drain.rows({"ours": []}, pgmq_missing=True)
+    rows += fleet.rows({}, {}, pgmq_missing=True, per_round=0)
+    rows += fleet_budget.rows(quick, None, None, None)
     for row in rows:
         row.ours = row.baseline = None
         row.rounds = {}

@@ -220,4 +220,3 @@ def render_table(document: dict[str, Any], console: Console) -> None:
             console.print(f"[dim]{row['name']}: {escape(row['note'])}[/dim]")
     for group, error in document.get("failures", {}).items():
         console.print(f"[red]{group}: the benchmark failed, its rows are missing: {escape(error)}[/red]")
-

@@ -69,9 +69,10 @@ def bench(
     benchmark group broke (its error is printed; the other groups' figures are still reported).
 
     The postgres group measures what the transactional outbox adds to an app's own transactions
-    (8 clients) against pgmq's send and procrastinate's defer, and one agent draining against a pgmq
-    read+delete loop. It runs on --postgres URL, else on a throwaway cluster; with neither, its rows
-    read "no PostgreSQL".
+    (8 clients) against pgmq's send and procrastinate's defer, one agent draining against a pgmq
+    read+delete loop, a fleet of 1, 2 and 4 agent processes against as many pgmq consumers, and 3
+    agents' worst request window against one shared budget. It runs on --postgres URL, else on a
+    throwaway cluster; with neither, its rows read "no PostgreSQL".
 
     \b
     Example:
