@@ -212,3 +212,18 @@ def test_the_test_suites_postgres_variables_are_no_unknown_override() -> None:
     from agent.bench.pgcluster import REQUIRE_ENV, URL_ENV
 
     assert config.load(None, {REQUIRE_ENV: "1", URL_ENV: "postgresql://h/db"}).warnings == ()
+
+
+def test_an_unreachable_server_is_named_with_its_own_answer_not_the_pools_timeout() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"postgresql://postgres:hunter2@127.0.0.1:{port}/postgres"
+    with pytest.raises(OutboxError) as caught:
+        open_store(url, StoreOptions(busy_timeout_ms=1000))
+    message = str(caught.value)
+    assert message.startswith(f"cannot open the outbox postgresql://postgres:***@127.0.0.1:{port}/postgres: ")
+    assert "Connection refused" in message and "pool initialization" not in message
+    assert "hunter2" not in message

@@ -66,7 +66,8 @@ class PgBase:
             self._pool.open(wait=True, timeout=timeout)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             self._close_quietly()
-            raise OutboxError(f"cannot open the outbox {self.shown}: {_detail(exc)}") from None
+            why = _why_not(url, timeout) if isinstance(exc, psycopg_pool.PoolTimeout) else None
+            raise OutboxError(f"cannot open the outbox {self.shown}: {why or _detail(exc)}") from None
         except BaseException:
             self._close_quietly()
             raise
@@ -136,6 +137,16 @@ class PgBase:
     def translate(self) -> Any:
         """The error translation alone, for work on a caller's connection."""
         return self._translated()
+
+
+def _why_not(url: str, timeout: float) -> str | None:
+    """Why a connection to `url` fails, from one direct attempt: the pool's own timeout ("couldn't get
+    a connection after 10 s") hides the server's answer (refused, unknown database, bad password)."""
+    try:
+        psycopg.connect(url, connect_timeout=max(1, int(timeout))).close()
+    except psycopg.Error as exc:
+        return _detail(exc)
+    return None
 
 
 def _detail(exc: BaseException) -> str:
