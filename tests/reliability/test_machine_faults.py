@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import random
 import sqlite3
 import subprocess
 import threading
@@ -426,7 +427,9 @@ class Clock:
         return time.time() + self.offset
 
 
-def make_worker(store: Store, url: str, clock: Clock, **delivery: Any) -> Worker:
+def make_worker(
+    store: Store, url: str, clock: Clock, rand: Callable[[], float] = random.random, **delivery: Any
+) -> Worker:
     settings = Settings(
         dodo=DodoSettings(base_url=url),
         delivery=DeliverySettings(
@@ -445,6 +448,7 @@ def make_worker(store: Store, url: str, clock: Clock, **delivery: Any) -> Worker
         settings,
         DodoClient.from_settings(settings),
         clock=clock,
+        rand=rand,
         environ={"DODO_PAYMENTS_API_KEY": KEY},
     )
 
@@ -478,7 +482,12 @@ def drain_until(worker: Worker, done: Callable[[], bool], timeout: float = 20.0)
 def test_clock_jumping_back_after_failures_does_not_stall_retries(store: Store, fake: EmulatorServer) -> None:
     ids = put(store, "back", 20)
     clock = Clock()
-    worker = make_worker(store, fake.url, clock)
+    # Retries 5 s out, whatever the jitter draws (a full-jitter draw near 0 made them due at once, and
+    # on a slow machine the first drain delivered them): the repair keeps them 5 s ahead when the clock
+    # steps back an hour, so they go within drain_until's 20 s; without it they would wait the hour.
+    worker = make_worker(
+        store, fake.url, clock, rand=lambda: 1.0, backoff_initial_seconds=5.0, backoff_max_seconds=5.0
+    )
     fake.set_faults(script=[503, 503, 503])  # retries scheduled at "now + backoff", breaker opened
     worker.drain_until_idle()
     assert store.counts()["pending"] == 20
