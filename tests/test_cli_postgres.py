@@ -20,7 +20,7 @@ from agent.cli import cli
 from agent.emulator import EmulatorServer
 from agent.store import OutboxStore, State, StoreOptions, open_store, outbox_exists
 from tests.emulator_fixture import FakeDodoFactory
-from tests.reliability.helpers import AgentProcess, base_sections, free_port, write_config
+from tests.reliability.helpers import AgentProcess, free_port, pg_sections, write_config
 from tests.waiting import wait_until
 
 pytest.importorskip("psycopg")
@@ -51,9 +51,7 @@ def url(postgres_url: str) -> str:
 
 @pytest.fixture
 def config(tmp_path: Path, url: str, pg_schema: str, fake: EmulatorServer) -> Path:
-    sections = base_sections(tmp_path, fake.url, None, outbox={"url": url, "schema": pg_schema})
-    del sections["outbox"]["path"]
-    return write_config(tmp_path / "agent.toml", sections)
+    return write_config(tmp_path / "agent.toml", pg_sections(tmp_path, fake.url, None, url, pg_schema))
 
 
 @pytest.fixture
@@ -150,9 +148,9 @@ def test_run_on_postgres_accepts_delivers_and_stops_and_two_agents_may_share_the
     agents = []
     for n in (1, 2):
         port = free_port()
-        sections = base_sections(tmp_path, fake.url, port, outbox={"url": url, "schema": pg_schema})
-        del sections["outbox"]["path"]
-        config = write_config(tmp_path / f"agent{n}.toml", sections)
+        config = write_config(
+            tmp_path / f"agent{n}.toml", pg_sections(tmp_path, fake.url, port, url, pg_schema)
+        )
         agents.append(AgentProcess(config, tmp_path / f"agent{n}.log", port, {"DODO_PAYMENTS_API_KEY": KEY}))
     try:
         for agent in agents:
@@ -177,9 +175,7 @@ def test_a_dry_run_on_postgres_uses_its_own_schema(
     tmp_path: Path, url: str, pg_schema: str, fake: EmulatorServer
 ) -> None:
     port = free_port()
-    sections = base_sections(tmp_path, fake.url, port, outbox={"url": url, "schema": pg_schema})
-    del sections["outbox"]["path"]
-    config = write_config(tmp_path / "agent.toml", sections)
+    config = write_config(tmp_path / "agent.toml", pg_sections(tmp_path, fake.url, port, url, pg_schema))
     agent = AgentProcess(config, tmp_path / "agent.log", port, {}, args=["--dry-run"])
     try:
         agent.start()

@@ -18,21 +18,11 @@ from tests.reliability.helpers import (
     KEY,
     ROOT,
     AgentProcess,
-    base_sections,
     child_env,
     free_port,
+    pg_sections,
     write_config,
 )
-
-
-def pg_sections(
-    tmp: Path, dodo_url: str, port: int | None, url: str, schema: str, **overrides: Mapping[str, Any]
-) -> dict[str, Any]:
-    """`base_sections` on a PostgreSQL outbox: `[outbox] url` + `schema` (a `path` too is a config error)."""
-    sections = base_sections(tmp, dodo_url, port, **overrides)
-    sections["outbox"].pop("path", None)
-    sections["outbox"].update(url=url, schema=schema)
-    return sections
 
 
 @dataclass

@@ -89,6 +89,17 @@ def base_sections(tmp: Path, url: str, port: int | None, **overrides: Mapping[st
     return sections
 
 
+def pg_sections(
+    tmp: Path, dodo_url: str, port: int | None, pg_url: str, schema: str, **overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`base_sections` on a PostgreSQL outbox: `[outbox] url` + `schema` instead of `path` (both is a
+    config error)."""
+    sections = base_sections(tmp, dodo_url, port, **overrides)
+    sections["outbox"].pop("path", None)
+    sections["outbox"].update(url=pg_url, schema=schema)
+    return sections
+
+
 class EmulatorProcess:
     """A Dodo emulator in a child process; `url`, and the admin API as methods."""
 

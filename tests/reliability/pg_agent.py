@@ -6,26 +6,12 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 import httpx
 
 from agent.store import OutboxStore, StoreOptions, open_store
-from tests.reliability.helpers import base_sections
-
-
-def pg_sections(
-    tmp: Path, dodo_url: str, port: int | None, pg_url: str, schema: str, **overrides: Mapping[str, Any]
-) -> dict[str, Any]:
-    """`base_sections` on a PostgreSQL outbox: `[outbox] url` + `schema` instead of `path` (both is an
-    error)."""
-    sections = base_sections(tmp, dodo_url, port, **overrides)
-    outbox = {k: v for k, v in sections["outbox"].items() if k != "path"}
-    sections["outbox"] = {**outbox, "url": pg_url, "schema": schema}
-    return sections
 
 
 @contextmanager

@@ -35,8 +35,16 @@ import pytest
 from agent.bench.pgcluster import Cluster
 from agent.errors import OutboxError
 from tests.reliability.conftest import report
-from tests.reliability.helpers import KEY, AgentProcess, EmulatorProcess, free_port, wait_until, write_config
-from tests.reliability.pg_agent import Producer, pg_sections, pg_store, states
+from tests.reliability.helpers import (
+    KEY,
+    AgentProcess,
+    EmulatorProcess,
+    free_port,
+    pg_sections,
+    wait_until,
+    write_config,
+)
+from tests.reliability.pg_agent import Producer, pg_store, states
 
 SCHEMA = "crash_outbox"
 PASSWORD = "pw_never_logged_31"

@@ -19,8 +19,16 @@ import httpx
 import pytest
 
 from tests.reliability.conftest import report
-from tests.reliability.helpers import KEY, AgentProcess, EmulatorProcess, free_port, wait_until, write_config
-from tests.reliability.pg_agent import pg_sections, pg_store, states
+from tests.reliability.helpers import (
+    KEY,
+    AgentProcess,
+    EmulatorProcess,
+    free_port,
+    pg_sections,
+    wait_until,
+    write_config,
+)
+from tests.reliability.pg_agent import pg_store, states
 
 LEASE_SECONDS = 6
 """Long enough that the agent is up again before the dead one's leases pass, even on a busy machine."""
